@@ -1,0 +1,200 @@
+"""Run checkpoints: atomic ``last/`` and ``best/`` folders that resume exactly and load as models.
+
+A checkpoint folder holds what ``model.save_pretrained(dir, tokenizer)`` writes (``config.json``,
+``model.safetensors``, tokenizer files), so ``CLIPViP.from_pretrained`` and ``clipvip.load`` open any
+checkpoint, plus ``trainer_state.pt`` (optimiser, scheduler, scaler, RNG states, epoch/step, data position,
+best metric) and ``checkpoint.json`` (a human-readable summary, written last as the completeness marker).
+
+Atomicity: the new checkpoint is written into a hidden temporary folder next to the target; the previous
+folder is renamed aside, the new one renamed into place, and only then the old one deleted. A crash at any
+moment leaves either the old or the new complete checkpoint (:func:`find_checkpoint` also recovers a folder
+left aside by a crash between the two renames). ``trainer_state.pt`` holds only tensors and plain Python
+values, so it loads with ``torch.load(weights_only=True)``: opening a checkpoint never runs pickle code.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+STATE_FILE = "trainer_state.pt"
+MARKER_FILE = "checkpoint.json"
+
+
+# ---------------------------------------------------------------------------------------------- RNG states
+def capture_rng_state() -> dict[str, Any]:
+    """Every RNG a training step may draw from, as tensors and plain values (``weights_only``-safe)."""
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "python": {"version": int(version), "state": torch.tensor(internal, dtype=torch.int64),
+                   "gauss": gauss},
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(np.asarray(keys, dtype=np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "cached": float(cached)},
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng_state(state: dict[str, Any]) -> None:
+    """Inverse of :func:`capture_rng_state`."""
+    torch.set_rng_state(state["torch"])
+    py = state["python"]
+    random.setstate((py["version"], tuple(int(x) for x in py["state"].tolist()), py["gauss"]))
+    npst = state["numpy"]
+    np.random.set_state((npst["kind"], npst["keys"].numpy().astype(np.uint32), npst["pos"],
+                         npst["has_gauss"], npst["cached"]))
+    if "cuda" in state and torch.cuda.is_available():
+        cuda_states = state["cuda"]
+        if len(cuda_states) == torch.cuda.device_count():
+            torch.cuda.set_rng_state_all(cuda_states)
+
+
+# --------------------------------------------------------------------------------------------- folders
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _commit_folder(tmp: Path, final: Path) -> None:
+    """Move a complete ``tmp`` folder to ``final``, keeping the previous one until the new is in place."""
+    old = None
+    if final.exists():
+        old = final.parent / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
+        os.replace(final, old)
+    os.replace(tmp, final)
+    _fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def is_complete(path: Path) -> bool:
+    """A checkpoint folder is complete when its marker (written last) and model files exist."""
+    return (path / MARKER_FILE).is_file() and (path / "config.json").is_file()
+
+
+def find_checkpoint(run_dir: str | Path, name: str = "last") -> Path | None:
+    """The complete ``run_dir/name`` folder, or a complete one left aside by an interrupted swap."""
+    run_dir = Path(run_dir)
+    final = run_dir / name
+    if final.is_dir() and is_complete(final):
+        return final
+    aside = sorted(run_dir.glob(f".{name}.old-*"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for cand in aside:
+        if is_complete(cand):
+            if not final.exists():
+                os.replace(cand, final)  # finish the interrupted swap
+                return final
+            return cand
+    return None
+
+
+def save_checkpoint(run_dir: str | Path, name: str, model: torch.nn.Module, tokenizer: Any,
+                    trainer_state: dict[str, Any] | None, summary: dict[str, Any] | None = None) -> Path:
+    """Write ``run_dir/name`` atomically; returns the final path.
+
+    ``model`` must offer ``save_pretrained(dir, tokenizer=...)`` (``clipvip.CLIPViP``). ``trainer_state`` is
+    saved with ``torch.save`` and must be ``weights_only``-loadable (tensors, numbers, strings, containers).
+    """
+    run_dir = Path(run_dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
+    try:
+        model.save_pretrained(tmp, tokenizer=tokenizer)
+        if trainer_state is not None:
+            torch.save(trainer_state, tmp / STATE_FILE)
+        marker = dict(summary or {})
+        marker.setdefault("saved_at", time.strftime("%Y-%m-%dT%H:%M:%S"))
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True, default=str) + "\n")
+        _commit_folder(tmp, run_dir / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir / name
+
+
+def copy_checkpoint(src: str | Path, run_dir: str | Path, name: str,
+                    summary: dict[str, Any] | None = None) -> Path:
+    """Publish a copy of the complete folder ``src`` as ``run_dir/name`` (e.g. ``last`` -> ``best``).
+
+    Files are hard-linked when possible (checkpoint files are never modified in place, only replaced), so
+    keeping ``best/`` costs no extra disk space or time.
+    """
+    src, run_dir = Path(src), Path(run_dir)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
+    try:
+        for item in src.iterdir():
+            if item.name == MARKER_FILE:
+                continue
+            target = tmp / item.name
+            if item.is_dir():
+                shutil.copytree(item, target)
+                continue
+            try:
+                os.link(item, target)
+            except OSError:
+                shutil.copy2(item, target)
+        marker = json.loads((src / MARKER_FILE).read_text())
+        marker.update(summary or {})
+        (tmp / MARKER_FILE).write_text(json.dumps(marker, indent=2, sort_keys=True, default=str) + "\n")
+        _commit_folder(tmp, run_dir / name)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return run_dir / name
+
+
+def load_trainer_state(path: str | Path) -> dict[str, Any]:
+    """``trainer_state.pt`` of a checkpoint folder, loaded without executing pickle code."""
+    file = Path(path) / STATE_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no trainer state (is this a run checkpoint folder?)")
+    try:
+        return torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # corrupted or not ours: say which file and why
+        raise RuntimeError(f"{file}: cannot load trainer state: {exc}") from exc
+
+
+def load_model_weights_(model: torch.nn.Module, path: str | Path) -> None:
+    """Copy the weights of the saved model in ``path`` into ``model`` (strict: any mismatch is an error)."""
+    from safetensors.torch import load_file
+
+    file = Path(path) / "model.safetensors"
+    if file.is_file():
+        state = load_file(str(file))
+    else:  # a model format we do not know file-wise: let the model class read it
+        from clipvip.model.clipvip import CLIPViP
+
+        state = CLIPViP.from_pretrained(str(path)).state_dict()
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    # Non-persistent buffers may legitimately be absent from the file; parameters may not.
+    param_names = {n for n, _ in model.named_parameters()}
+    missing_params = [n for n in missing if n in param_names]
+    unexpected = sorted(set(state) - set(own))
+    if missing_params or unexpected:
+        raise RuntimeError(f"{file}: weights do not match the model (missing {missing_params[:5]}, "
+                           f"unexpected {unexpected[:5]})")
+    for key, value in state.items():
+        if own[key].shape != value.shape:
+            raise RuntimeError(f"{file}: {key} has shape {tuple(value.shape)}, model has {tuple(own[key].shape)}")
+    model.load_state_dict(state, strict=False)
