@@ -1,0 +1,123 @@
+"""Nearest-neighbour search over L2-normalised embeddings: exact (one matmul) or FAISS ``IndexFlatIP``.
+
+Both backends are *exact* inner-product search, so they return the same videos in the same order on the
+same data; FAISS only changes the speed profile (its own BLAS blocking, no torch needed at query time).
+Ties are broken by the lower row so the order is deterministic for either backend.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from typing import Any
+
+import numpy as np
+import torch
+
+BACKENDS = ("auto", "exact", "faiss")
+# Below this many vectors the torch matmul is as fast as FAISS and needs no extra copy of the matrix.
+FAISS_MIN_ROWS = 200_000
+CHUNK_ROWS = 65_536  # rows upcast at a time when the matrix is stored as float16
+
+
+def faiss_available() -> bool:
+    """Whether the optional ``faiss-cpu`` extra is installed (``pip install clipvip[faiss]``)."""
+    return importlib.util.find_spec("faiss") is not None
+
+
+class ExactSearch:
+    """Brute-force inner product: ``scores = queries @ E.T`` then top-k.
+
+    ``embeddings`` may be float32 or float16 (half the memory and half the bytes read per query); float16
+    rows are upcast chunk by chunk so scores are always accumulated in float32.
+    """
+
+    name = "exact"
+
+    def __init__(self, embeddings: Any):
+        arr = np.asarray(embeddings)
+        if arr.ndim != 2:
+            raise ValueError(f"embeddings must be [N, D], got shape {arr.shape}")
+        if arr.dtype not in (np.float32, np.float16):
+            arr = arr.astype(np.float32)
+        self.matrix = torch.from_numpy(np.ascontiguousarray(arr))
+        self.n, self.dim = arr.shape
+
+    def scores(self, queries: torch.Tensor) -> torch.Tensor:
+        """All scores ``[Q, N]`` in float32."""
+        if self.matrix.dtype == torch.float32:
+            return queries @ self.matrix.T
+        out = torch.empty(queries.shape[0], self.n, dtype=torch.float32)
+        for s in range(0, self.n, CHUNK_ROWS):
+            out[:, s : s + CHUNK_ROWS] = queries @ self.matrix[s : s + CHUNK_ROWS].float().T
+        return out
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        """Top-``k`` ``(scores [Q, k] float32, rows [Q, k] int64)``, best first; k is clamped to N."""
+        q = _queries(queries, self.dim)
+        k = _check_k(k, self.n)
+        if k == 0:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        with torch.inference_mode():
+            sc = self.scores(torch.from_numpy(q))
+            vals, idx = torch.topk(sc, k, dim=1, largest=True, sorted=True)
+        return _tie_order(vals.numpy(), idx.numpy().astype(np.int64))
+
+
+class FaissSearch:
+    """FAISS ``IndexFlatIP``: exact inner product, same ranking as :class:`ExactSearch`."""
+
+    name = "faiss"
+
+    def __init__(self, embeddings: Any):
+        import faiss
+
+        arr = np.ascontiguousarray(np.asarray(embeddings, dtype=np.float32))
+        if arr.ndim != 2:
+            raise ValueError(f"embeddings must be [N, D], got shape {arr.shape}")
+        self.n, self.dim = arr.shape
+        self.index = faiss.IndexFlatIP(self.dim)
+        if self.n:
+            self.index.add(arr)
+
+    def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
+        q = _queries(queries, self.dim)
+        k = _check_k(k, self.n)
+        if k == 0:
+            return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
+        scores, rows = self.index.search(q, k)
+        return _tie_order(scores.astype(np.float32), rows.astype(np.int64))
+
+
+def make_engine(embeddings: Any, backend: str = "auto") -> ExactSearch | FaissSearch:
+    """Pick a backend: ``exact``, ``faiss`` (error if not installed), or ``auto`` (FAISS for large indexes)."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if backend == "faiss":
+        if not faiss_available():
+            raise ValueError("backend 'faiss' needs the optional extra: pip install 'clipvip[faiss]' (faiss-cpu)")
+        return FaissSearch(embeddings)
+    if backend == "auto" and faiss_available() and len(embeddings) >= FAISS_MIN_ROWS:
+        return FaissSearch(embeddings)
+    return ExactSearch(embeddings)
+
+
+def _queries(queries: Any, dim: int) -> np.ndarray:
+    q = queries.detach().cpu().numpy() if isinstance(queries, torch.Tensor) else np.asarray(queries)
+    q = np.ascontiguousarray(q, dtype=np.float32)
+    if q.ndim == 1:
+        q = q[None]
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise ValueError(f"queries must be [Q, {dim}], got shape {q.shape}")
+    return q
+
+
+def _check_k(k: int, n: int) -> int:
+    if int(k) < 1:
+        raise ValueError(f"k must be >= 1, got {k}")
+    return min(int(k), n)
+
+
+def _tie_order(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Sort each row of results by (score descending, row ascending) so equal scores order identically."""
+    order = np.lexsort((rows, -scores), axis=-1) if scores.size else np.zeros_like(rows)
+    return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
