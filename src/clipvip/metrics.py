@@ -1,0 +1,221 @@
+"""Retrieval metrics (R@K, median and mean rank) and Dual Softmax re-scoring, for text x video matrices.
+
+Conventions (``docs/metrics.md`` explains each with examples):
+
+* ``sim[i, j]`` is the score of text (query) ``i`` against video ``j``: rows are texts, columns videos.
+* The match of text ``i`` is video ``text_to_video[i]``; without ``text_to_video`` the matrix must be
+  square and the diagonal is the match (the 1:1 protocol; paragraph datasets join each video's sentences
+  into one query, see :func:`paragraph_text`, and are 1:1 too).
+* Ranks start at 1. **Ties are broken pessimistically**: the rank of the match is 1 + the number of other
+  candidates whose score is >= the match's score. A constant matrix therefore ranks every match last, so a
+  collapsed model can never look good. (The reference's ``np.where`` returns several hits on ties, a latent
+  bug; with float features ties are rare and the two agree.)
+* R@K is in percent; MdR is the median rank (the mean of the two middle ranks for an even count, as
+  ``numpy.median``); MnR is the mean rank.
+
+Inputs can be torch tensors (any device) or numpy arrays; the work is chunked over rows so that a 5k x 5k
+evaluation needs only a few tens of MB beyond the matrix itself.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+__all__ = [
+    "METRIC_KEYS",
+    "dual_softmax",
+    "evaluate_similarity",
+    "format_table",
+    "match_ranks",
+    "paragraph_text",
+    "ranks_to_metrics",
+    "retrieval_metrics",
+    "video_to_text_metrics",
+    "video_to_text_ranks",
+]
+
+METRIC_KEYS = ("R1", "R5", "R10", "MdR", "MnR")
+_CHUNK_ELEMENTS = 4_000_000  # comparisons per chunk: 4M bools = 4 MB
+
+
+def _as_tensor(sim: Any) -> Tensor:
+    """A detached 2-D floating tensor view of ``sim`` (numpy or torch), rejecting NaN.
+
+    NaN must be rejected: every comparison with NaN is False, which would silently give the match rank 1.
+    """
+    t = torch.as_tensor(sim).detach()
+    if t.dim() != 2:
+        raise ValueError(f"similarity matrix must be 2-D [texts, videos], got shape {tuple(t.shape)}")
+    if not torch.is_floating_point(t):
+        t = t.to(torch.float64)
+    if t.numel() and bool(torch.isnan(t).any()):
+        raise ValueError("similarity matrix contains NaN; features are broken (check for fp16 overflow)")
+    return t
+
+
+def _as_index(text_to_video: Any, n_texts: int, n_videos: int, device: torch.device) -> Tensor:
+    """``text_to_video`` as an int64 tensor, checked against the matrix shape."""
+    idx = torch.as_tensor(np.asarray(text_to_video), dtype=torch.long).reshape(-1).to(device)
+    if idx.numel() != n_texts:
+        raise ValueError(f"text_to_video has {idx.numel()} entries but the matrix has {n_texts} texts (rows)")
+    if idx.numel() and (int(idx.min()) < 0 or int(idx.max()) >= n_videos):
+        raise ValueError(f"text_to_video entries must be in [0, {n_videos}) (video columns)")
+    return idx
+
+
+def _default_index(sim: Tensor) -> Tensor:
+    if sim.shape[0] != sim.shape[1]:
+        raise ValueError(
+            f"a non-square matrix {tuple(sim.shape)} needs text_to_video (the video column of each text); "
+            "without it the diagonal is the match"
+        )
+    return torch.arange(sim.shape[0], device=sim.device)
+
+
+def match_ranks(sim: Any, text_to_video: Any = None) -> np.ndarray:
+    """1-based rank of each row's match among all columns, ties pessimistic; int64 numpy ``[n_rows]``.
+
+    ``rank_i = 1 + #{j != t(i) : sim[i, j] >= sim[i, t(i)]}`` with ``t(i) = text_to_video[i]`` (or ``i``).
+    """
+    s = _as_tensor(sim)
+    n_rows, n_cols = s.shape
+    target = _default_index(s) if text_to_video is None else _as_index(text_to_video, n_rows, n_cols, s.device)
+    out = torch.empty(n_rows, dtype=torch.long)
+    step = max(1, _CHUNK_ELEMENTS // max(1, n_cols))
+    for start in range(0, n_rows, step):
+        rows = s[start : start + step]
+        tgt = target[start : start + step]
+        own = rows.gather(1, tgt.unsqueeze(1))
+        # ">=" counts the match itself once; that self-count is the "+1" of a 1-based rank.
+        out[start : start + step] = (rows >= own).sum(dim=1).cpu()
+    return out.numpy()
+
+
+def video_to_text_ranks(sim: Any, text_to_video: Any = None) -> np.ndarray:
+    """For each video, the 1-based rank of its **best-ranked** matching text among all texts.
+
+    Video ``v`` scores every text in column ``v``; a text ``i`` of ``v`` has rank
+    ``1 + #{k != i : sim[k, v] >= sim[i, v]}`` (pessimistic ties), and the video's rank is the minimum
+    over its texts: retrieving any one of its captions counts as a hit (the usual multi-caption protocol).
+    In the 1:1 case this is exactly the rank of the diagonal in ``sim.T``. Every video needs a text.
+    """
+    s = _as_tensor(sim)
+    n_texts, n_videos = s.shape
+    target = _default_index(s) if text_to_video is None else _as_index(text_to_video, n_texts, n_videos, s.device)
+    text_rank = torch.empty(n_texts, dtype=torch.long, device=s.device)
+    step = max(1, _CHUNK_ELEMENTS // max(1, n_texts))
+    for start in range(0, n_texts, step):
+        tgt = target[start : start + step]
+        cols = s[:, tgt]  # [n_texts, chunk]: the column of each chunk text's video
+        own = s[torch.arange(start, start + tgt.numel(), device=s.device), tgt]
+        text_rank[start : start + step] = (cols >= own.unsqueeze(0)).sum(dim=0)
+    best = torch.full((n_videos,), torch.iinfo(torch.long).max, dtype=torch.long, device=s.device)
+    best = best.scatter_reduce(0, target, text_rank, reduce="amin")
+    missing = (best == torch.iinfo(torch.long).max).nonzero().reshape(-1)
+    if missing.numel():
+        raise ValueError(
+            f"{missing.numel()} video(s) have no text, so video->text is undefined for them "
+            f"(first: column {int(missing[0])})"
+        )
+    return best.cpu().numpy()
+
+
+def ranks_to_metrics(ranks: Sequence[int] | np.ndarray) -> dict[str, float]:
+    """``{"R1","R5","R10","MdR","MnR"}`` from 1-based ranks (R@K in percent)."""
+    r = np.asarray(ranks, dtype=np.float64)
+    if r.size == 0:
+        raise ValueError("no queries to score (empty similarity matrix)")
+    return {
+        "R1": float(100.0 * np.mean(r <= 1)),
+        "R5": float(100.0 * np.mean(r <= 5)),
+        "R10": float(100.0 * np.mean(r <= 10)),
+        "MdR": float(np.median(r)),
+        "MnR": float(np.mean(r)),
+    }
+
+
+def retrieval_metrics(sim: Any, text_to_video: Any = None) -> dict[str, float]:
+    """Text->video metrics of a text x video matrix: ``{"R1","R5","R10","MdR","MnR"}``.
+
+    Square without ``text_to_video``: the diagonal is the match. With ``text_to_video`` (multi-caption),
+    each text is ranked against all videos and its match is column ``text_to_video[i]``. For video->text
+    in the 1:1 case pass ``sim.T``; for multi-caption use :func:`video_to_text_metrics`.
+    """
+    return ranks_to_metrics(match_ranks(sim, text_to_video))
+
+
+def video_to_text_metrics(sim: Any, text_to_video: Any = None) -> dict[str, float]:
+    """Video->text metrics of a text x video matrix (rows texts): see :func:`video_to_text_ranks`."""
+    return ranks_to_metrics(video_to_text_ranks(sim, text_to_video))
+
+
+def dual_softmax(sim: Any, temperature: float = 100.0) -> Any:
+    """Dual Softmax re-scoring: ``sim * softmax(temperature * sim, dim=0)`` (softmax over the texts).
+
+    For each video the softmax is a distribution over all query texts, which down-weights "hub" videos
+    that match many texts. Rows are texts. Returns the same kind (numpy or torch) as the input.
+    """
+    is_numpy = isinstance(sim, np.ndarray)
+    s = torch.as_tensor(sim)
+    if s.dim() != 2:
+        raise ValueError(f"similarity matrix must be 2-D [texts, videos], got shape {tuple(s.shape)}")
+    if not torch.is_floating_point(s):
+        s = s.to(torch.float64)
+    # Softmax in at least float32: fp16 * 100 overflows exp and bf16 loses the ranking.
+    work = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
+    out = (work * torch.softmax(temperature * work, dim=0)).to(s.dtype)
+    return out.numpy() if is_numpy else out
+
+
+def evaluate_similarity(sim: Any, text_to_video: Any = None, dsl: bool = True) -> dict[str, dict[str, float]]:
+    """All retrieval numbers of one evaluation: ``{"t2v", "v2t"}`` plus ``{"t2v_dsl", "v2t_dsl"}`` if ``dsl``.
+
+    DSL re-scores the same matrix once and uses it for both directions, as the reference does.
+    """
+    s = _as_tensor(sim)
+    results = {
+        "t2v": retrieval_metrics(s, text_to_video),
+        "v2t": video_to_text_metrics(s, text_to_video),
+    }
+    if dsl:
+        d = dual_softmax(s)
+        results["t2v_dsl"] = retrieval_metrics(d, text_to_video)
+        results["v2t_dsl"] = video_to_text_metrics(d, text_to_video)
+    return results
+
+
+_ROW_LABELS = {
+    "t2v": "text->video",
+    "v2t": "video->text",
+    "t2v_dsl": "text->video (DSL)",
+    "v2t_dsl": "video->text (DSL)",
+}
+
+
+def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
+    """A markdown table with one row per direction (plain rows first, then DSL) and the five metrics."""
+    header = "| direction | R@1 | R@5 | R@10 | MdR | MnR |"
+    lines = [header, "|---|---:|---:|---:|---:|---:|"]
+    keys = [k for k in _ROW_LABELS if k in results] + [k for k in results if k not in _ROW_LABELS]
+    for key in keys:
+        m = results[key]
+        label = _ROW_LABELS.get(key, key)
+        lines.append(
+            f"| {label} | {m['R1']:.1f} | {m['R5']:.1f} | {m['R10']:.1f} | {m['MdR']:.1f} | {m['MnR']:.1f} |"
+        )
+    return "\n".join(lines)
+
+
+def paragraph_text(sentences: str | Sequence[str]) -> str:
+    """The paragraph protocol's query (DiDeMo, ActivityNet): all sentences of a video joined by one space.
+
+    The reference joins only when the annotation path contains "didemo"; applied to ActivityNet too this
+    avoids its known pitfall of sampling one sentence (R@1 ~ 20).
+    """
+    if isinstance(sentences, str):
+        return sentences
+    return " ".join(sentences)

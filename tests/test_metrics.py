@@ -1,0 +1,172 @@
+"""Retrieval metrics on hand-worked matrices, and Dual Softmax against a direct double loop."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from clipvip import metrics
+
+
+def test_3x3_hand_worked():
+    sim = [
+        [0.9, 0.1, 0.2],  # match 0.9 is the best: rank 1
+        [0.8, 0.5, 0.6],  # match 0.5 is below 0.8 and 0.6: rank 3
+        [0.1, 0.7, 0.3],  # match 0.3 is below 0.7: rank 2
+    ]
+    np.testing.assert_array_equal(metrics.match_ranks(sim), [1, 3, 2])
+    m = metrics.retrieval_metrics(np.array(sim))
+    assert m["R1"] == pytest.approx(100 / 3)
+    assert m["R5"] == 100.0 and m["R10"] == 100.0
+    assert m["MdR"] == 2.0
+    assert m["MnR"] == pytest.approx(2.0)
+    # video->text: column j ranks the texts; column 0 = (0.9, 0.8, 0.1): text 0 first (rank 1);
+    # column 1 = (0.1, 0.5, 0.7): text 1 second (rank 2); column 2 = (0.2, 0.6, 0.3): text 2 second (rank 2).
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim), [1, 2, 2])
+    v2t = metrics.video_to_text_metrics(torch.tensor(sim))
+    assert v2t == metrics.retrieval_metrics(np.array(sim).T)
+    assert v2t["MdR"] == 2.0 and v2t["MnR"] == pytest.approx(5 / 3)
+
+
+def test_4x4_ties_are_pessimistic():
+    sim = torch.tensor(
+        [
+            [0.5, 0.5, 0.1, 0.0],  # tie with one other column: rank 2 (not 1)
+            [0.3, 0.3, 0.3, 0.3],  # constant row: every column ties, rank 4 (last)
+            [0.2, 0.9, 0.4, 0.4],  # 0.9 above, one tie: rank 3
+            [0.0, 0.0, 0.0, 1.0],  # strictly best: rank 1
+        ]
+    )
+    np.testing.assert_array_equal(metrics.match_ranks(sim), [2, 4, 3, 1])
+    m = metrics.retrieval_metrics(sim)
+    assert m["R1"] == 25.0 and m["R5"] == 100.0
+    assert m["MdR"] == 2.5  # median of 1, 2, 3, 4
+    assert m["MnR"] == 2.5
+    # A collapsed model (constant matrix) must rank every match last, never first.
+    const = metrics.retrieval_metrics(np.zeros((4, 4)))
+    assert const["R1"] == 0.0 and const["MdR"] == 4.0
+
+
+def test_non_square_multi_caption_5x3():
+    # 5 captions, 3 videos; caption i belongs to video t2v[i].
+    t2v = [0, 0, 1, 2, 2]
+    sim = np.array(
+        [
+            [0.9, 0.2, 0.1],  # caption 0 -> video 0: rank 1
+            [0.3, 0.4, 0.1],  # caption 1 -> video 0: 0.4 above: rank 2
+            [0.5, 0.5, 0.6],  # caption 2 -> video 1: 0.6 above, tie 0.5: rank 3
+            [0.1, 0.2, 0.8],  # caption 3 -> video 2: rank 1
+            [0.7, 0.6, 0.2],  # caption 4 -> video 2: rank 3
+        ]
+    )
+    np.testing.assert_array_equal(metrics.match_ranks(sim, t2v), [1, 2, 3, 1, 3])
+    m = metrics.retrieval_metrics(sim, t2v)
+    assert m["R1"] == pytest.approx(40.0)
+    assert m["MdR"] == 2.0 and m["MnR"] == pytest.approx(2.0)
+    # video->text, best caption of each video among all 5 captions (column ranking):
+    # video 0, column (0.9, 0.3, 0.5, 0.1, 0.7): caption 0 is first -> 1.
+    # video 1, column (0.2, 0.4, 0.5, 0.2, 0.6): caption 2 (0.5) is below 0.6 -> 2.
+    # video 2, column (0.1, 0.1, 0.6, 0.8, 0.2): caption 3 first -> 1 (caption 4 would be 3).
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, t2v), [1, 2, 1])
+    v2t = metrics.video_to_text_metrics(sim, t2v)
+    assert v2t["R1"] == pytest.approx(200 / 3)
+    assert v2t["MnR"] == pytest.approx(4 / 3)
+
+
+def test_video_to_text_tie_between_own_captions_is_pessimistic():
+    # Video 0 has captions 0 and 1 with equal scores: each sees the other as a tie, so the best is 2.
+    sim = np.array([[0.5, 0.0], [0.5, 0.0], [0.1, 0.9]])
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, [0, 0, 1]), [2, 1])
+
+
+def test_r_at_k_boundaries_and_chunking(monkeypatch):
+    # Rank k exactly must count for R@k; use a 12x12 with known ranks 1..12 via a shifted match column.
+    n = 12
+    sim = np.tile(np.arange(n, 0, -1, dtype=np.float64), (n, 1))  # column j has score n - j
+    t2v = list(range(n))  # row i's match is column i, which has rank i + 1
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 30)  # force many chunks
+    ranks = metrics.match_ranks(sim, t2v)
+    np.testing.assert_array_equal(ranks, np.arange(1, n + 1))
+    m = metrics.retrieval_metrics(sim, t2v)
+    assert m["R1"] == pytest.approx(100 / 12)
+    assert m["R5"] == pytest.approx(500 / 12)
+    assert m["R10"] == pytest.approx(1000 / 12)
+    assert m["MdR"] == 6.5 and m["MnR"] == 6.5
+    v2t_ranks = metrics.video_to_text_ranks(sim, t2v)
+    # Column j is constant over the texts, so every text ties and each video gets the last rank.
+    np.testing.assert_array_equal(v2t_ranks, np.full(n, n))
+
+
+def test_dual_softmax_matches_double_loop():
+    rng = np.random.default_rng(0)
+    sim = rng.uniform(-1, 1, size=(6, 4))
+    temp = 100.0
+    expected = np.zeros_like(sim)
+    for i in range(sim.shape[0]):
+        for j in range(sim.shape[1]):
+            denom = sum(math.exp(temp * sim[k, j] - temp * sim[:, j].max()) for k in range(sim.shape[0]))
+            expected[i, j] = sim[i, j] * math.exp(temp * sim[i, j] - temp * sim[:, j].max()) / denom
+    got = metrics.dual_softmax(sim)
+    assert isinstance(got, np.ndarray)
+    np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
+    got_t = metrics.dual_softmax(torch.tensor(sim, dtype=torch.float32), temperature=temp)
+    assert isinstance(got_t, torch.Tensor)
+    np.testing.assert_allclose(got_t.numpy(), expected, rtol=1e-4, atol=1e-6)
+    half = metrics.dual_softmax(torch.tensor(sim, dtype=torch.float16))
+    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+
+
+def test_dsl_fixes_a_hub_video():
+    # Video 0 is a "hub": it scores highest for every text. DSL's softmax over texts spreads it out.
+    sim = np.array([[0.95, 0.10, 0.10], [0.91, 0.90, 0.10], [0.92, 0.10, 0.90]])
+    plain = metrics.retrieval_metrics(sim)
+    dsl = metrics.retrieval_metrics(metrics.dual_softmax(sim))
+    assert plain["R1"] == pytest.approx(100 / 3)
+    assert dsl["R1"] == 100.0
+
+
+def test_evaluate_similarity_and_table():
+    sim = torch.eye(4) + 0.01 * torch.arange(16, dtype=torch.float32).reshape(4, 4)
+    res = metrics.evaluate_similarity(sim)
+    assert set(res) == {"t2v", "v2t", "t2v_dsl", "v2t_dsl"}
+    assert res["t2v"]["R1"] == 100.0
+    assert set(res["t2v"]) == set(metrics.METRIC_KEYS)
+    table = metrics.format_table(res)
+    lines = table.splitlines()
+    assert lines[0].startswith("| direction | R@1")
+    assert lines[2].startswith("| text->video | 100.0")
+    assert lines[4].startswith("| text->video (DSL)")
+    assert set(metrics.evaluate_similarity(sim, dsl=False)) == {"t2v", "v2t"}
+
+
+def test_bad_inputs():
+    with pytest.raises(ValueError, match="needs text_to_video"):
+        metrics.retrieval_metrics(np.zeros((3, 2)))
+    with pytest.raises(ValueError, match="NaN"):
+        metrics.retrieval_metrics(np.array([[1.0, np.nan], [0.0, 1.0]]))
+    with pytest.raises(ValueError, match="3 entries"):
+        metrics.retrieval_metrics(np.zeros((2, 2)), [0, 1, 1])
+    with pytest.raises(ValueError, match=r"in \[0, 2\)"):
+        metrics.retrieval_metrics(np.zeros((2, 2)), [0, 2])
+    with pytest.raises(ValueError, match="have no text"):
+        metrics.video_to_text_metrics(np.zeros((2, 3)), [0, 1])
+
+
+def test_paragraph_text():
+    assert metrics.paragraph_text(["a man walks.", "he sits down."]) == "a man walks. he sits down."
+    assert metrics.paragraph_text("already one") == "already one"
+
+
+def test_large_matrix_is_fast_and_correct():
+    n = 2000
+    g = torch.Generator().manual_seed(0)
+    sim = torch.randn(n, n, generator=g)
+    sim.diagonal().add_(3.0)
+    ranks = metrics.match_ranks(sim)
+    # Independent count for a few rows.
+    for i in (0, 17, n - 1):
+        assert ranks[i] == 1 + int((sim[i] > sim[i, i]).sum())
+    assert metrics.video_to_text_ranks(sim)[5] == metrics.match_ranks(sim.T)[5]
