@@ -113,10 +113,20 @@ def test_dual_softmax_matches_double_loop():
     assert isinstance(got, np.ndarray)
     np.testing.assert_allclose(got, expected, rtol=1e-12, atol=1e-15)
     got_t = metrics.dual_softmax(torch.tensor(sim, dtype=torch.float32), temperature=temp)
-    assert isinstance(got_t, torch.Tensor)
-    np.testing.assert_allclose(got_t.numpy(), expected, rtol=1e-4, atol=1e-6)
+    assert isinstance(got_t, torch.Tensor) and got_t.dtype == torch.float64
+    np.testing.assert_allclose(got_t.numpy(), expected, rtol=1e-5, atol=1e-7)
     half = metrics.dual_softmax(torch.tensor(sim, dtype=torch.float16))
-    assert half.dtype == torch.float16 and torch.isfinite(half).all()
+    assert torch.isfinite(half).all()
+
+
+def test_dual_softmax_does_not_underflow_to_ties():
+    # Cosines 2 apart: the softmax weight is e^-200, zero in float32, but the ranking must survive.
+    sim = torch.tensor([[1.0, -0.99], [-1.0, -0.98]], dtype=torch.float32)
+    d = metrics.dual_softmax(sim)
+    naive32 = sim * torch.softmax(100.0 * sim, dim=0)
+    assert naive32[1, 0] == 0  # what float32 would give
+    assert d[1, 0] == pytest.approx(-1.0 * math.exp(-200.0), rel=1e-9)
+    assert len(set(d.flatten().tolist())) == 4
 
 
 def test_dsl_fixes_a_hub_video():

@@ -157,17 +157,17 @@ def dual_softmax(sim: Any, temperature: float = 100.0) -> Any:
     """Dual Softmax re-scoring: ``sim * softmax(temperature * sim, dim=0)`` (softmax over the texts).
 
     For each video the softmax is a distribution over all query texts, which down-weights "hub" videos
-    that match many texts. Rows are texts. Returns the same kind (numpy or torch) as the input.
+    that match many texts. Rows are texts. Returns the same kind (numpy or torch, same device) as the
+    input, **in float64**: with cosine scores the softmax spans up to ``exp(-2 * temperature)`` = e^-200,
+    which underflows float32 to exact zeros, and those zeros would then tie (and, ties being pessimistic,
+    sink matches to the bottom of the ranking).
     """
     is_numpy = isinstance(sim, np.ndarray)
     s = torch.as_tensor(sim)
     if s.dim() != 2:
         raise ValueError(f"similarity matrix must be 2-D [texts, videos], got shape {tuple(s.shape)}")
-    if not torch.is_floating_point(s):
-        s = s.to(torch.float64)
-    # Softmax in at least float32: fp16 * 100 overflows exp and bf16 loses the ranking.
-    work = s.float() if s.dtype in (torch.float16, torch.bfloat16) else s
-    out = (work * torch.softmax(temperature * work, dim=0)).to(s.dtype)
+    work = s.detach().to(torch.float64)
+    out = work * torch.softmax(temperature * work, dim=0)
     return out.numpy() if is_numpy else out
 
 
