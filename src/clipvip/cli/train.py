@@ -1,0 +1,64 @@
+"""``clipvip train CONFIG.yaml [section.key=value ...]``: post-pretraining or fine-tuning.
+
+Run it as is for one process, or under ``torchrun --nproc_per_node N -m clipvip train ...`` for several
+(DDP; the global batch in the recipe stays the same and is split across the processes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+ORDER = 40
+
+
+def register(subparsers: Any) -> None:
+    p = subparsers.add_parser(
+        "train",
+        help="post-pretraining or fine-tuning from a YAML recipe (torchrun for several processes)",
+        description="Train from a YAML recipe (see configs/ and docs/training.md). Overrides use "
+                    "section.key=value, e.g. optim.lr=1e-5 run.output_dir=runs/x; values are parsed as YAML. "
+                    "A run folder that already holds last/ is resumed (run.resume=auto).",
+    )
+    p.add_argument("config", help="YAML recipe, e.g. configs/msrvtt_b32.yaml")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                   help="recipe overrides as section.key=value (sections: model, data, optim, run)")
+    p.add_argument("--print-config", action="store_true",
+                   help="print the resolved recipe (after overrides) as YAML and exit without training")
+    p.set_defaults(func=_handler)
+
+
+def _handler(args: argparse.Namespace) -> int:
+    from clipvip.cli import CLIError
+    from clipvip.train.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        raise CLIError(str(exc)) from None
+    if args.print_config:
+        print(cfg.to_yaml(), end="")
+        return 0
+    from clipvip.metrics import format_table
+    from clipvip.train.loop import train
+
+    try:
+        result = train(cfg)
+    except (ConfigError, FileNotFoundError) as exc:
+        raise CLIError(str(exc)) from None
+    if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now; torchrun sets RANK
+        _print_result(result, format_table)
+    return 0
+
+
+def _print_result(result: dict[str, Any], format_table: Any) -> None:
+    print(f"run folder: {result['output_dir']} ({result['steps']} steps)")
+    for key, title in (("best", f"best checkpoint (selected on {result['selected_on']})"),
+                       ("test", "test split, best checkpoint")):
+        res = result.get(key)
+        if res:
+            print(f"\n{title}:")
+            print(format_table({k: v for k, v in res.items() if isinstance(v, dict)}))
+            if res.get("failures"):
+                print(f"({len(res['failures'])} video(s) failed to decode; see eval_log.jsonl)")

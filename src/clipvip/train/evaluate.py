@@ -1,0 +1,177 @@
+"""Retrieval evaluation of a model on an annotation file: plain and dual-softmax tables, plus failures.
+
+Texts are encoded once and videos once, then one text×video cosine matrix is scored by
+:func:`clipvip.metrics.evaluate_similarity` (multi-caption aware through ``text_to_video``; paragraph
+protocol by joining a video's sentences).
+
+Distributed runs evaluate on rank 0 only (the other ranks wait at a barrier in the loop). Evaluation sets
+are small next to training (1k videos for MSR-VTT 1k-A), and a single evaluator avoids padding/truncation
+subtleties of sharded gathers; the loop documents this choice.
+
+A video that cannot be decoded keeps its column with a zero embedding (cosine 0 to every text) so that the
+text→video mapping stays valid; it is counted in ``failures`` and the tables are therefore slightly
+pessimistic, never silently optimistic.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor
+
+from clipvip.train.wrapper import move_to
+
+
+class _Rows(torch.utils.data.Dataset):
+    """Wraps an eval dataset so that a batch says which video rows it holds and which ones failed."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[int, Any, str | None]:
+        try:
+            item = self.dataset[i]
+        except Exception as exc:  # noqa: BLE001 - one bad file never stops an evaluation
+            return i, None, f"{type(exc).__name__}: {exc}"
+        if item is None:
+            return i, None, _failure_reason(self.dataset, i)
+        return i, item["pixel_values"], None
+
+
+def _failure_reason(dataset: Any, i: int) -> str:
+    for attr in ("failures", "_failures"):
+        fails = getattr(dataset, attr, None)
+        if fails:
+            last = fails[-1]
+            if isinstance(last, (tuple, list)) and len(last) == 2:
+                return str(last[1])
+            return str(last)
+    return "video could not be decoded"
+
+
+def _collate(items: list[tuple[int, Any, str | None]]) -> dict[str, Any]:
+    ok = [(i, px) for i, px, _ in items if px is not None]
+    return {
+        "rows": torch.tensor([i for i, _ in ok], dtype=torch.long),
+        "pixel_values": torch.stack([px for _, px in ok]) if ok else None,
+        "failed": [(i, why) for i, px, why in items if px is None],
+    }
+
+
+def video_path_of(dataset: Any, i: int) -> str:
+    """Best-effort file name of video row ``i`` for failure reports."""
+    for attr in ("videos", "paths", "records"):
+        seq = getattr(dataset, attr, None)
+        if seq is not None:
+            try:
+                rec = seq[i]
+            except (IndexError, TypeError, KeyError):
+                continue
+            if isinstance(rec, dict):
+                return str(rec.get("path") or rec.get("video") or rec)
+            return str(rec)
+    return f"row {i}"
+
+
+def build_eval_dataset(path: str | Path, tokenizer: Any = None, *, num_frames: int, image_size: int,
+                       video_root: str | None = None, paragraph: bool = False) -> Any:
+    """The data package's evaluation dataset for an annotation file (videos as rows, ``texts``)."""
+    from clipvip.data import datasets as D
+
+    return D.RetrievalEvalDataset(str(path), num_frames=num_frames, image_size=image_size,
+                                  video_root=video_root, paragraph=paragraph)
+
+
+@torch.no_grad()
+def encode_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length: int, batch_size: int = 256,
+                 device: str | torch.device = "cpu", autocast_dtype: torch.dtype | None = None) -> Tensor:
+    """``[N, D]`` float32 L2-normalised text features, encoded in batches."""
+    from clipvip.tokenizer import tokenize
+
+    feats = []
+    dev = torch.device(device)
+    for start in range(0, len(texts), batch_size):
+        tok = tokenize(tokenizer, list(texts[start:start + batch_size]), max_length)
+        with _autocast(dev, autocast_dtype):
+            out = model.encode_text(tok["input_ids"].to(dev), tok["attention_mask"].to(dev), normalize=True)
+        feats.append(out.float().cpu())
+    if not feats:
+        return torch.zeros(0, int(model.config.projection_dim))
+    return torch.nn.functional.normalize(torch.cat(feats), dim=-1)
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    if dtype is None or dtype == torch.float32:
+        return torch.autocast(device.type, enabled=False)
+    return torch.autocast(device.type, dtype=dtype)
+
+
+@torch.no_grad()
+def encode_videos(model: Any, dataset: Any, *, batch_size: int = 16, device: str | torch.device = "cpu",
+                  num_workers: int = 0, progress: bool = False, autocast_dtype: torch.dtype | None = None
+                  ) -> tuple[Tensor, list[tuple[str, str]]]:
+    """``[V, D]`` video features in row order (zeros for rows that failed) and the failures."""
+    from tqdm.auto import tqdm
+
+    dev = torch.device(device)
+    loader = torch.utils.data.DataLoader(_Rows(dataset), batch_size=batch_size, shuffle=False,
+                                         num_workers=num_workers, collate_fn=_collate)
+    dim = int(model.config.projection_dim)
+    out = torch.zeros(len(dataset), dim)
+    failures: list[tuple[str, str]] = []
+    for batch in tqdm(loader, desc="eval videos", disable=not progress, leave=False):
+        for i, why in batch["failed"]:
+            failures.append((video_path_of(dataset, i), why))
+        if batch["pixel_values"] is None:
+            continue
+        with _autocast(dev, autocast_dtype):
+            feats = model.encode_video(move_to(batch["pixel_values"], dev), normalize=True)
+        out[batch["rows"]] = feats.float().cpu()
+    return out, failures
+
+
+@torch.no_grad()
+def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int, image_size: int,
+                       max_length: int, batch_size: int = 16, device: str | torch.device = "cpu",
+                       video_root: str | None = None, paragraph: bool = False, dsl: bool = True,
+                       num_workers: int = 0, progress: bool = False,
+                       autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+    """Text→video and video→text tables (plus DSL) of ``model`` on ``data``.
+
+    ``data`` is an annotation JSONL path or an evaluation dataset object (``texts``, ``text_to_video``,
+    items with ``pixel_values``). Returns ``{"t2v", "v2t", "t2v_dsl", "v2t_dsl", "failures",
+    "num_texts", "num_videos"}``; ``failures`` is a list of ``[path, reason]``.
+    """
+    from clipvip.metrics import evaluate_similarity
+
+    dataset = data
+    if isinstance(data, (str, Path)):
+        path = Path(data)
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: evaluation annotations not found")
+        dataset = build_eval_dataset(path, tokenizer, num_frames=num_frames, image_size=image_size,
+                                     video_root=video_root, paragraph=paragraph)
+    texts = list(dataset.texts)
+    text_to_video = list(dataset.text_to_video)
+    if not texts or len(dataset) == 0:
+        raise ValueError(f"{data}: no texts or no videos to evaluate")
+    was_training = model.training
+    model.eval()
+    try:
+        t = encode_texts(model, tokenizer, texts, max_length=max_length, device=device,
+                         autocast_dtype=autocast_dtype)
+        v, failures = encode_videos(model, dataset, batch_size=batch_size, device=device,
+                                    num_workers=num_workers, progress=progress, autocast_dtype=autocast_dtype)
+    finally:
+        model.train(was_training)
+    sim = t @ v.T
+    results: dict[str, Any] = dict(evaluate_similarity(sim, text_to_video, dsl=dsl))
+    results["failures"] = [[p, r] for p, r in failures]
+    results["num_texts"] = len(texts)
+    results["num_videos"] = len(dataset)
+    return results

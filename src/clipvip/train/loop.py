@@ -1,0 +1,526 @@
+"""The training run: post-pretraining (OCL) and fine-tuning (InfoNCE), one process or many.
+
+One code path serves a single CPU process and ``torchrun`` + DDP (gloo on CPU, nccl on GPU):
+
+* the global batch is fixed by the recipe; each rank draws its slice of the same global batch
+  (:class:`~clipvip.train.sampler.ResumableBatchSampler`) and the features are gathered **with gradient**
+  before the loss, so every rank computes the loss of the global batch (reference §3, ``if_gather``);
+* the log temperature is clamped to ``[0, ln 200]`` after every optimiser step;
+* evaluation runs on rank 0 on the unwrapped model while the others wait (see ``evaluate.py``);
+* ``last/`` is saved atomically at every evaluation, every ``run.save_every`` steps and at the end;
+  ``best/`` follows the selection metric on the validation split (or, explicitly and labelled, on test);
+* resuming from ``last/`` restores model, optimiser, scheduler, scaler, every RNG and the data position
+  (epoch and batch within the epoch), so an interrupted run continues exactly as if never stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import random
+import time
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from clipvip.train import checkpoint as ckpt
+from clipvip.train.config import ConfigError, TrainConfig
+from clipvip.train.logging import JsonlLog, Scalars, flatten_metrics, write_json
+from clipvip.train.sampler import ResumableBatchSampler
+from clipvip.train.wrapper import FeatureModel, move_to
+
+log = logging.getLogger("clipvip.train")
+
+TEST_SELECTION_LABEL = "test split (reproduces the reference's test-set selection; optimistic)"
+
+
+# ------------------------------------------------------------------------------------------ building
+def build_model(cfg: TrainConfig) -> Any:
+    """The ``CLIPViP`` named by ``model.init``, with the attention override applied."""
+    from clipvip.config import CLIPViPConfig
+    from clipvip.model.clipvip import CLIPViP
+
+    kind, _, ref = cfg.model.init.partition(":")
+    if kind == "config":
+        overrides: dict[str, Any] = {}
+        if cfg.model.image_size:
+            overrides["vision"] = {"image_size": cfg.model.image_size}
+        model = CLIPViP(CLIPViPConfig.from_name(ref, **overrides))
+    elif kind == "clip":
+        model = CLIPViP.from_clip(ref)
+    elif kind == "official":
+        model = CLIPViP.from_official_checkpoint(ref)
+    elif kind == "pretrained":
+        model = CLIPViP.from_pretrained(ref)
+    else:  # validated in the config; kept for direct callers
+        raise ConfigError(f"model.init={cfg.model.init!r}: unknown kind {kind!r}")
+    if cfg.model.attention:
+        model.set_attention(cfg.model.attention)
+    if cfg.model.image_size and model.config.vision.image_size != cfg.model.image_size:
+        raise ConfigError(f"model.image_size={cfg.model.image_size} differs from the weights' image size "
+                          f"{model.config.vision.image_size} ({cfg.model.init})")
+    return model
+
+
+def tokenizer_spec(cfg: TrainConfig) -> str:
+    """Where the tokenizer comes from: ``model.tokenizer``, else the init source when it carries one."""
+    if cfg.model.tokenizer:
+        return cfg.data.resolve(cfg.model.tokenizer) if not Path(cfg.model.tokenizer).is_absolute() and \
+            cfg.data.root and not Path(cfg.model.tokenizer).exists() else cfg.model.tokenizer
+    kind, _, ref = cfg.model.init.partition(":")
+    if kind in ("clip", "pretrained"):
+        return ref
+    if kind == "official":
+        return "openai/clip-vit-base-patch32"
+    raise ConfigError(f"model.tokenizer is required with model.init={cfg.model.init!r} (random weights carry no "
+                      f"tokenizer): give a tokenizer directory or CLIP's bpe_simple_vocab_16e6.txt.gz")
+
+
+def build_datasets(cfg: TrainConfig, tokenizer: Any, image_size: int) -> dict[str, Any]:
+    """Training dataset (+ optional image-text dataset) and the collators, from the data package."""
+    from clipvip.data import datasets as D
+
+    d = cfg.data
+    train_path = d.resolve(d.train)
+    if train_path is None or not Path(train_path).is_file():
+        raise ConfigError(f"data.train: annotation file {train_path} not found")
+    common = dict(num_frames=cfg.model.num_frames, image_size=image_size, video_root=d.resolve(d.video_root),
+                  sampling=d.sampling, seed=cfg.run.seed)
+    if d.task == "pretrain":
+        train = D.PretrainDataset(train_path, **common)
+    else:
+        train = D.RetrievalTrainDataset(train_path, paragraph=d.paragraph, **common)
+    out = {"train": train, "collate": D.Collator(tokenizer, cfg.model.max_length)}
+    if d.image_text:
+        path = d.resolve(d.image_text)
+        if path is None or not Path(path).is_file():
+            raise ConfigError(f"data.image_text: annotation file {path} not found")
+        out["image_text"] = D.ImageTextDataset(path, image_size=image_size, video_root=d.resolve(d.video_root),
+                                               seed=cfg.run.seed)
+    return out
+
+
+def maybe_generate_synthetic(cfg: TrainConfig) -> None:
+    """Generate the synthetic world at ``data.root`` when asked to and when it is not there yet."""
+    d = cfg.data
+    if not d.generate_synthetic:
+        return
+    if not d.root:
+        raise ConfigError("data.generate_synthetic needs data.root (where the world is written)")
+    train = d.resolve(d.train)
+    if train and Path(train).is_file():
+        return
+    from clipvip.data.synthetic import generate_world
+
+    log.info("generating the synthetic world in %s", d.root)
+    generate_world(d.root)
+
+
+# ------------------------------------------------------------------------------------------ helpers
+def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32":
+        return None
+    if precision == "fp16" and device.type != "cuda":
+        raise ConfigError("run.precision=fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
+    return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+
+
+def _metric(results: dict[str, Any], name: str) -> float:
+    table, _, key = name.partition(".")
+    try:
+        return float(results[table][key])
+    except (KeyError, TypeError):
+        raise ConfigError(f"run.select_metric={name!r} is not in the evaluation results "
+                          f"(tables: {sorted(k for k, v in results.items() if isinstance(v, dict))})") from None
+
+
+def _better(name: str, new: float, old: float | None) -> bool:
+    if old is None:
+        return True
+    lower_is_better = name.split(".")[-1] in ("MdR", "MnR")
+    return new < old if lower_is_better else new > old
+
+
+def compute_loss(cfg: TrainConfig, feats: dict[str, Tensor], logit_scale: Tensor,
+                 batch: dict[str, Any], image_weight: float = 1.0) -> tuple[Tensor, dict[str, Tensor]]:
+    """The global-batch loss from already-gathered features (fp32)."""
+    from clipvip import losses
+
+    f = {k: v.float() for k, v in feats.items()}
+    if cfg.data.task == "pretrain":
+        has_caption = batch.get("has_caption")
+        total, terms = losses.ocl_loss(cfg.run.ocl_variant, video=f["video"], frame=f.get("frame"),
+                                       subtitle=f["subtitle"], caption=f.get("caption"),
+                                       logit_scale=logit_scale, has_caption=has_caption)
+        terms = dict(terms)
+    else:
+        total = losses.info_nce(f["video"], f["text"], logit_scale)
+        terms = {"vt": total}
+    if "image" in f:
+        it = losses.info_nce(f["image"], f["image_text"], logit_scale)
+        terms["image_text"] = it
+        total = total + image_weight * it
+    return total, terms
+
+
+def _cycle(loader: torch.utils.data.DataLoader, sampler: ResumableBatchSampler, dataset: Any,
+           epoch: int, start: int) -> Iterator[tuple[int, int, Any]]:
+    """Endless (epoch, batch-in-epoch, batch) over the image-text loader, resumable at (epoch, start)."""
+    while True:
+        sampler.set_epoch(epoch, start)
+        if hasattr(dataset, "set_epoch"):
+            dataset.set_epoch(epoch)
+        for j, b in enumerate(loader, start=start):
+            yield epoch, j + 1, b
+        epoch, start = epoch + 1, 0
+
+
+# ------------------------------------------------------------------------------------------ train
+def train(cfg: TrainConfig, *, stop_after_steps: int | None = None) -> dict[str, Any]:
+    """Run (or resume) the training run described by ``cfg``; see the module docstring.
+
+    ``stop_after_steps`` ends the process's work after that many *global* steps as if killed right after the
+    step (after its checkpoint if one was due); tests use it to simulate an interruption.
+
+    Returns ``{"output_dir", "best", "history", "test", "selected_on", "steps"}``.
+    """
+    from clipvip.train import distributed as dist_utils
+
+    was_distributed = dist_utils.is_distributed()
+    rank, world, _local, device = dist_utils.setup()
+    if cfg.run.device:
+        device = torch.device(cfg.run.device)
+    try:
+        return _train(cfg, rank, world, device, stop_after_steps)
+    finally:
+        if not was_distributed:
+            dist_utils.cleanup()
+
+
+def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
+           stop_after_steps: int | None) -> dict[str, Any]:
+    from tqdm.auto import tqdm
+
+    from clipvip import losses
+    from clipvip.tokenizer import load_tokenizer
+    from clipvip.train import distributed as dist_utils
+    from clipvip.train.evaluate import evaluate_retrieval
+    from clipvip.train.optim import build_optimizer, build_scheduler, steps_for, warmup_steps_for
+
+    main = rank == 0
+    out_dir = Path(cfg.run.output_dir)
+    per_device = cfg.per_device_batch(world)
+    amp_dtype = _autocast_dtype(cfg.run.precision, device)
+    if cfg.run.deterministic:
+        torch.use_deterministic_algorithms(True)
+    if main:
+        maybe_generate_synthetic(cfg)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(out_dir / "config.yaml")
+    dist_utils.barrier()
+
+    # Model: identical initialisation on every rank (DDP also broadcasts rank 0's weights).
+    _seed_all(cfg.run.seed)
+    model = build_model(cfg)
+    tokenizer = load_tokenizer(tokenizer_spec(cfg), max_length=cfg.model.max_length)
+    image_size = model.config.vision.image_size
+    if cfg.run.freeze_text:
+        for name, p in model.named_parameters():
+            if name.startswith(("text_model.", "text_projection.")):
+                p.requires_grad_(False)
+    if cfg.run.gradient_checkpointing:
+        model.set_gradient_checkpointing(True)
+    model.to(device)
+
+    data = build_datasets(cfg, tokenizer, image_size)
+    train_ds = data["train"]
+    sampler = ResumableBatchSampler(len(train_ds), per_device, rank=rank, world_size=world,
+                                    seed=cfg.run.seed, shuffle=True, drop_last=True)
+    # Private generators: creating a loader iterator draws a worker base seed, which must not disturb
+    # the global RNG streams that a resume restores.
+    loader_kw: dict[str, Any] = dict(collate_fn=data["collate"], num_workers=cfg.data.num_workers,
+                                     pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(train_ds, batch_sampler=sampler,
+                                         generator=torch.Generator().manual_seed(cfg.run.seed), **loader_kw)
+    it_ds = data.get("image_text")
+    it_sampler = it_loader = None
+    if it_ds is not None:
+        it_sampler = ResumableBatchSampler(len(it_ds), per_device, rank=rank, world_size=world,
+                                           seed=cfg.run.seed + 1, shuffle=True, drop_last=True)
+        it_loader = torch.utils.data.DataLoader(it_ds, batch_sampler=it_sampler,
+                                                generator=torch.Generator().manual_seed(cfg.run.seed + 1),
+                                                **loader_kw)
+
+    if cfg.optim.max_steps:
+        total_steps = int(cfg.optim.max_steps)
+    else:
+        total_steps = steps_for(cfg.optim.epochs, len(train_ds), cfg.run.global_batch_size)
+    warmup = warmup_steps_for(total_steps, cfg.optim.warmup_ratio)
+    optimizer = build_optimizer(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
+                                betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, lr_mul=cfg.optim.lr_mul,
+                                lr_mul_prefix=cfg.optim.lr_mul_prefix)
+    scheduler = build_scheduler(optimizer, warmup, total_steps, cfg.optim.schedule)
+    scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
+
+    # Run state; overwritten by a resume.
+    state: dict[str, Any] = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None,
+                             "it_epoch": 0, "it_step_in_epoch": 0, "history": []}
+    resume_dir = _resume_dir(cfg, out_dir)
+    if resume_dir is not None:
+        ts = ckpt.load_trainer_state(resume_dir)
+        ckpt.load_model_weights_(model, resume_dir)
+        optimizer.load_state_dict(ts["optimizer"])
+        scheduler.load_state_dict(ts["scheduler"])
+        if ts.get("scaler"):
+            scaler.load_state_dict(ts["scaler"])
+        state.update(ts["run"])
+        rng = ts["rng"][rank] if rank < len(ts["rng"]) else ts["rng"][0]
+        ckpt.restore_rng_state(rng)
+        if main:
+            log.info("resumed from %s at step %d (epoch %d, batch %d)", resume_dir, state["step"],
+                     state["epoch"], state["step_in_epoch"])
+    else:
+        _seed_all(cfg.run.seed + rank)  # per-rank streams for anything random in the step
+
+    net: torch.nn.Module = FeatureModel(model, cfg.data.task)
+    if world > 1:
+        net = torch.nn.parallel.DistributedDataParallel(
+            net, device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=model.attention == "frame")
+
+    eval_log = JsonlLog(out_dir / "eval_log.jsonl" if main else None)
+    scalars = Scalars(out_dir / "tb" if main else None)
+    selected_on = "val" if cfg.run.select_on == "val" else TEST_SELECTION_LABEL
+    select_split = cfg.data.val if cfg.run.select_on == "val" else cfg.data.test
+    if main and cfg.run.select_on == "test":
+        log.warning("run.select_on=test: best/ is selected on the TEST split to reproduce the reference; "
+                    "numbers selected this way are optimistic")
+    if main and select_split is None:
+        log.warning("no %s split configured: best/ is the last checkpoint", cfg.run.select_on)
+
+    def evaluate(split_path: str, split: str) -> dict[str, Any]:
+        return evaluate_retrieval(model, tokenizer, cfg.data.resolve(split_path), num_frames=(
+            cfg.model.eval_num_frames or cfg.model.num_frames), image_size=image_size,
+            max_length=cfg.model.max_length, batch_size=cfg.data.eval_batch_size, device=device,
+            video_root=cfg.data.resolve(cfg.data.video_root), paragraph=cfg.data.paragraph, dsl=True,
+            num_workers=cfg.data.num_workers, progress=cfg.run.progress, autocast_dtype=amp_dtype)
+
+    epoch_failures: list[tuple[str, str]] = list(state.get("epoch_failures", []))
+
+    def save_last() -> Path:
+        trainer_state = {
+            "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict() if scaler.is_enabled() else {},
+            "run": {**{k: v for k, v in state.items()}, "epoch_failures": [list(f) for f in epoch_failures]},
+            "rng": _all_rng_states(world),
+            "world_size": world,
+        }
+        if main:
+            return ckpt.save_checkpoint(out_dir, "last", model, tokenizer, trainer_state,
+                                        summary={"step": state["step"], "epoch": state["epoch"],
+                                                 "step_in_epoch": state["step_in_epoch"],
+                                                 "best_metric": state["best_metric"]})
+        return out_dir / "last"
+
+    def evaluate_and_checkpoint(reason: str) -> None:
+        record: dict[str, Any] | None = None
+        if main:
+            record = {"step": state["step"], "epoch": state["epoch"], "reason": reason,
+                      "train_failures_epoch": len(epoch_failures),
+                      "train_failures_examples": [list(f) for f in epoch_failures[:5]]}
+            if select_split:
+                res = evaluate(select_split, cfg.run.select_on)
+                record["split"] = cfg.run.select_on
+                record["selected_on"] = selected_on
+                record["metrics"] = res
+                value = _metric(res, cfg.run.select_metric)
+                record["select_metric"] = cfg.run.select_metric
+                record["select_value"] = value
+                improved = _better(cfg.run.select_metric, value, state["best_metric"])
+                if improved:
+                    state["best_metric"], state["best_step"] = value, state["step"]
+                record["is_best"] = improved
+                scalars.add_many(f"{cfg.run.select_on}", flatten_metrics(
+                    {k: v for k, v in res.items() if isinstance(v, dict)}), state["step"])
+                log.info("step %d %s %s=%.2f%s", state["step"], cfg.run.select_on, cfg.run.select_metric,
+                         value, " (best)" if improved else "")
+            else:
+                improved = True
+                record["is_best"] = True
+            state["history"].append({k: v for k, v in record.items() if k != "train_failures_examples"})
+        # Every rank takes part in saving (RNG states are gathered); only rank 0 writes.
+        improved_flag = _broadcast_flag(bool(record and record.get("is_best")))
+        last = save_last()
+        if main:
+            if improved_flag:
+                ckpt.copy_checkpoint(last, out_dir, "best", summary={"selected_on": selected_on,
+                                                                     "select_metric": cfg.run.select_metric,
+                                                                     "select_value": state["best_metric"]})
+            eval_log.write(record or {})
+            scalars.flush()
+        dist_utils.barrier()
+
+    # ----------------------------------------------------------------------------------- the loop
+    bar = tqdm(total=total_steps, initial=state["step"], desc="train", disable=not (main and cfg.run.progress),
+               dynamic_ncols=True)
+    it_iter = None
+    if it_loader is not None:
+        it_iter = _cycle(it_loader, it_sampler, it_ds, state["it_epoch"], state["it_step_in_epoch"])
+    logit_scale = model.logit_scale
+    image_weight = cfg.data.image_text_weight
+    if cfg.run.eval_at_start and state["step"] == 0 and resume_dir is None:
+        evaluate_and_checkpoint("start")
+    t_start, seen = time.time(), 0
+    stopped = False
+    while state["step"] < total_steps and not stopped:
+        epoch = state["epoch"]
+        sampler.set_epoch(epoch, state["step_in_epoch"])
+        if hasattr(train_ds, "set_epoch"):
+            train_ds.set_epoch(epoch)
+        net.train()
+        for batch in loader:
+            fails = batch.pop("failures", None) or []
+            epoch_failures.extend((str(p), str(r)) for p, r in fails)
+            batch = move_to(batch, device, non_blocking=True)
+            image_batch = None
+            if it_iter is not None:
+                state["it_epoch"], state["it_step_in_epoch"], image_batch = next(it_iter)
+                image_batch.pop("failures", None)
+                image_batch = move_to(image_batch, device, non_blocking=True)
+            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+                feats = net(batch, image_batch)
+            gathered = {k: dist_utils.gather_with_grad(v.float()) for k, v in feats.items()}
+            gbatch = dict(batch)
+            if "has_caption" in batch:
+                gbatch["has_caption"] = dist_utils.gather(batch["has_caption"])
+            loss, terms = compute_loss(cfg, gathered, logit_scale, gbatch, image_weight)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            grad_norm = None
+            if cfg.optim.grad_clip and cfg.optim.grad_clip > 0:
+                scaler.unscale_(optimizer)
+                grad_norm = torch.nn.utils.clip_grad_norm_(
+                    [p for p in model.parameters() if p.requires_grad], cfg.optim.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            losses.clamp_logit_scale_(model.logit_scale)
+            state["step"] += 1
+            state["step_in_epoch"] += 1
+            seen += cfg.run.global_batch_size
+            if not math.isfinite(float(loss)):
+                raise FloatingPointError(f"loss is {float(loss)} at step {state['step']}; lower optim.lr or "
+                                         f"use run.precision=fp32")
+            if main:
+                bar.update(1)
+                if state["step"] % max(1, cfg.run.log_every) == 0 or state["step"] == 1:
+                    lr = optimizer.param_groups[-1]["lr"]
+                    scalars.add("train/loss", float(loss), state["step"])
+                    scalars.add("train/lr", lr, state["step"])
+                    scalars.add("train/temperature", float(model.logit_scale.exp()), state["step"])
+                    if grad_norm is not None:
+                        scalars.add("train/grad_norm", float(grad_norm), state["step"])
+                    for name, value in terms.items():
+                        scalars.add(f"train/loss_{name}", float(value), state["step"])
+                    rate = seen / max(1e-9, time.time() - t_start)
+                    scalars.add("train/pairs_per_s", rate, state["step"])
+                    bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}", pairs_s=f"{rate:.1f}")
+            end_of_epoch = state["step_in_epoch"] >= sampler.num_batches
+            if end_of_epoch:
+                state["epoch"] += 1
+                state["step_in_epoch"] = 0
+            done = state["step"] >= total_steps
+            due_eval = (cfg.run.eval_every > 0 and state["step"] % cfg.run.eval_every == 0) or \
+                (cfg.run.eval_every <= 0 and end_of_epoch) or done
+            due_save = cfg.run.save_every > 0 and state["step"] % cfg.run.save_every == 0
+            if due_eval:
+                evaluate_and_checkpoint("end" if done else ("epoch" if end_of_epoch else "step"))
+            elif due_save:
+                save_last()
+                dist_utils.barrier()
+            if end_of_epoch:
+                if main and epoch_failures:
+                    log.warning("epoch %d: %d training item(s) failed to load, e.g. %s", epoch,
+                                len(epoch_failures), epoch_failures[:3])
+                epoch_failures = []
+            if stop_after_steps is not None and state["step"] >= stop_after_steps and not done:
+                stopped = True
+                break
+            if done or end_of_epoch:
+                break
+    bar.close()
+    scalars.close()
+    result: dict[str, Any] = {"output_dir": str(out_dir), "history": state["history"], "steps": state["step"],
+                              "selected_on": selected_on, "best": None, "test": None}
+    if stopped:
+        result["stopped"] = True
+        return result
+    if main:
+        best = [h for h in state["history"] if h.get("is_best") and "metrics" in h]
+        result["best"] = best[-1]["metrics"] if best else None
+        if result["best"] is not None:
+            result["best_step"] = best[-1]["step"]
+    if cfg.data.test and main:
+        best_dir = ckpt.find_checkpoint(out_dir, "best") or ckpt.find_checkpoint(out_dir, "last")
+        if best_dir is not None:
+            ckpt.load_model_weights_(model, best_dir)
+        res = evaluate(cfg.data.test, "test")
+        record = {"step": state["step"], "split": "test", "checkpoint": str(best_dir), "selected_on": selected_on,
+                  "metrics": res, "reason": "final test of best/"}
+        eval_log.write(record)
+        result["test"] = res
+        from clipvip.metrics import format_table
+
+        log.info("test (best/ selected on %s):\n%s", selected_on,
+                 format_table({k: v for k, v in res.items() if isinstance(v, dict)}))
+    if main:
+        write_json(out_dir / "results.json", result)
+    dist_utils.barrier()
+    return result
+
+
+def _resume_dir(cfg: TrainConfig, out_dir: Path) -> Path | None:
+    mode = cfg.run.resume
+    if mode in ("never", "no", "false", "none", ""):
+        return None
+    if mode == "auto":
+        return ckpt.find_checkpoint(out_dir, "last")
+    path = Path(mode)
+    if not ckpt.is_complete(path):
+        raise ConfigError(f"run.resume={mode!r}: not a complete checkpoint folder (no {ckpt.MARKER_FILE})")
+    return path
+
+
+def _all_rng_states(world: int) -> list[dict[str, Any]]:
+    """Every rank's RNG state (gathered onto rank 0 as objects; a list of one in a single process)."""
+    mine = ckpt.capture_rng_state()
+    if world == 1:
+        return [mine]
+    import torch.distributed as dist
+
+    states: list[Any] = [None] * world
+    dist.all_gather_object(states, mine)
+    return states
+
+
+def _broadcast_flag(flag: bool) -> bool:
+    from clipvip.train import distributed as dist_utils
+
+    if not dist_utils.is_distributed():
+        return flag
+    import torch.distributed as dist
+
+    obj = [flag]
+    dist.broadcast_object_list(obj, src=0)
+    return bool(obj[0])
+
