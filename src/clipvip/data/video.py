@@ -147,11 +147,18 @@ def available_backends() -> list[str]:
     return sorted(_BACKENDS)
 
 
-def open_video(path: str | os.PathLike[str], backend: str = "pyav", threads: int = DEFAULT_THREADS) -> VideoReader:
-    """Open ``path`` with the named backend; missing/empty/unreadable files raise VideoDecodeError."""
-    path = str(path)
+def open_video(path: Any, backend: str = "pyav", threads: int = DEFAULT_THREADS) -> VideoReader:
+    """Open a path (or a binary file object, e.g. a shard member in ``BytesIO``) with the named backend.
+
+    Missing, empty and unreadable files raise :class:`VideoDecodeError` naming the file and the reason.
+    """
     if backend not in _BACKENDS:
         raise ValueError(f"unknown video backend {backend!r}; available: {available_backends()}")
+    if hasattr(path, "read"):
+        if backend != "pyav":
+            raise ValueError("only the 'pyav' backend reads file objects")
+        return PyAVReader(path, threads=threads)
+    path = str(path)
     if not os.path.exists(path):
         raise VideoDecodeError(path, "file not found")
     if os.path.isdir(path):
@@ -202,10 +209,11 @@ def _av_error_types() -> tuple[type[BaseException], ...]:
 class PyAVReader:
     """PyAV backend: packet-level frame index, keyframe-aware seeking, exact pts matching."""
 
-    def __init__(self, path: str, threads: int = DEFAULT_THREADS) -> None:
+    def __init__(self, path: Any, threads: int = DEFAULT_THREADS) -> None:
         import av
 
-        self.path = path
+        self._source = path
+        self.path = str(getattr(path, "name", path)) if hasattr(path, "read") else str(path)
         try:
             self._container = av.open(path, metadata_errors="ignore")
         except _av_error_types() as exc:
@@ -265,7 +273,9 @@ class PyAVReader:
             import av
 
             self._container.close()
-            self._container = av.open(self.path, metadata_errors="ignore")
+            if hasattr(self._source, "seek"):
+                self._source.seek(0)
+            self._container = av.open(self._source, metadata_errors="ignore")
             self._stream = self._container.streams.video[0]
 
     def num_frames(self) -> int:
@@ -510,7 +520,7 @@ def read_info(path: str | os.PathLike[str], backend: str = "pyav") -> VideoInfo:
 
 
 def load_frames(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Any,
     num_frames: int = 12,
     sampling: str = "uniform",
     start: float | None = None,
@@ -525,7 +535,7 @@ def load_frames(
 
 
 def load_clip(
-    path: str | os.PathLike[str],
+    path: str | os.PathLike[str] | Any,
     num_frames: int = 12,
     sampling: str = "uniform",
     start: float | None = None,
@@ -542,8 +552,8 @@ def load_clip(
     post-pretraining code does (``vr.get_batch([int(total_frames / 2)])``): it is the frame the auxiliary
     captioner saw, whatever frames were sampled for the video. Returned as uint8 ``[1, H, W, 3]``.
     """
-    path = str(path)
     reader = open_video(path, backend=backend, threads=threads)
+    path = reader.path
     try:
         times = reader.frame_times()
         lo, hi = window_range(times, start, end)

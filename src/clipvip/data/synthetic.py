@@ -1,0 +1,318 @@
+"""The synthetic world: a deterministic, procedurally generated video-text dataset.
+
+Each clip shows two coloured shapes (circle / square / triangle, five colours) on a textured background and
+two events in sequence, one per half of the clip: a shape *moves* left/right/up/down, *appears* or
+*disappears*. Clips come in **pairs with the events in reverse order** ("a red circle moves left then a
+blue square appears" and "a blue square appears then a red circle moves left", same objects and
+background), so a bag-of-frames model cannot tell the pair apart and a model that sees temporal order can.
+
+Per clip the world writes the text sources CLIP-ViP's omnisource learning needs:
+
+- downstream ``texts``: clean captions (two phrasings), in ``train/val/test.jsonl``;
+- ``subtitle``: a noisy, spoken-register narration ("um so here we go, watch the red one slide to the
+  left, ok") with filler words and, sometimes, a wrong colour, like ASR transcripts (``pretrain.jsonl``);
+- ``caption``: a middle-frame caption describing only what frame ``N // 2`` shows ("a red circle and a
+  blue square on a green background"), like OFA's auxiliary captions; ~20 % are missing (``null``);
+- ``images.jsonl`` + ``images/*.png``: the middle frames with their captions, for image-text pretraining;
+- ``tokenizer/``: a CLIP-format tokenizer whose vocabulary holds every word of the world.
+
+Same seed → same frames, same JSONL. Defaults (32×32, 8 frames at 4 fps, h264) keep it small enough for a
+tiny model to train in minutes on 2 CPU cores; 1000 clips generate in a few seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+COLORS: dict[str, tuple[int, int, int]] = {
+    "red": (230, 30, 30),
+    "green": (40, 200, 40),
+    "blue": (40, 70, 235),
+    "yellow": (240, 225, 30),
+    "white": (250, 250, 250),
+}
+BACKGROUNDS: dict[str, tuple[int, int, int]] = {
+    "black": (15, 15, 15),
+    "gray": (120, 120, 120),
+    "purple": (110, 40, 140),
+    "brown": (110, 70, 30),
+    "green": (20, 110, 40),
+    "blue": (20, 40, 120),
+}
+SHAPES = ("circle", "square", "triangle")
+EVENTS = ("left", "right", "up", "down", "appears", "disappears")
+_MOVE_WORD = {"left": "slide to the left", "right": "slide over to the right", "up": "go up", "down": "drop down"}
+_FILLERS = ("um", "uh", "so", "like", "you know", "ok", "right", "alright")
+SPLITS = (("test", 0.2), ("val", 0.1))
+
+
+@dataclass
+class SyntheticWorld:
+    """Paths of a generated world (all under ``root``)."""
+
+    root: Path
+    videos: Path
+    pretrain: Path
+    train: Path
+    val: Path
+    test: Path
+    images: Path
+    tokenizer: Path | None
+    num_videos: int
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class _Clip:
+    index: int
+    objects: tuple[tuple[str, str], tuple[str, str]]  # (colour, shape) of A and B
+    events: tuple[str, str]  # event of the first object, event of the second object
+    order: tuple[int, int]  # which object acts first
+    background: str
+    texture_seed: int
+
+
+def _obj(o: tuple[str, str]) -> str:
+    return f"a {o[0]} {o[1]}"
+
+
+def _event_phrase(e: str, variant: int) -> str:
+    if e in ("appears", "disappears"):
+        return e
+    return f"moves to the {e}" if variant == 0 and e in ("left", "right") else f"moves {e}"
+
+
+def _clean_captions(clip: _Clip) -> list[str]:
+    a, b = (clip.objects[i] for i in clip.order)
+    e1, e2 = (clip.events[i] for i in clip.order)
+    return [
+        f"{_obj(a)} {_event_phrase(e1, 0)} then {_obj(b)} {_event_phrase(e2, 0)}",
+        f"first {_obj(a)} {_event_phrase(e1, 1)} and after that {_obj(b)} {_event_phrase(e2, 1)}",
+    ]
+
+
+def _subtitle(clip: _Clip, rng: np.random.Generator) -> str:
+    parts = []
+    for k, i in enumerate(clip.order):
+        colour, shape = clip.objects[i]
+        if rng.random() < 0.15:  # ASR-like mistakes: a wrong colour word
+            colour = str(rng.choice([c for c in COLORS if c != colour]))
+        thing = str(rng.choice(["one", "thing", shape, "guy"]))
+        e = clip.events[i]
+        if e in _MOVE_WORD:
+            act = f"watch the {colour} {thing} {_MOVE_WORD[e]}"
+        elif e == "appears":
+            act = f"now the {colour} {thing} pops up"
+        else:
+            act = f"and the {colour} {thing} is gone"
+        lead = "so here we go" if k == 0 else str(rng.choice(["and then", "after that", "next"]))
+        filler = str(rng.choice(_FILLERS))
+        parts.append(f"{filler} {lead}, {act}" if rng.random() < 0.7 else f"{lead}, {act}")
+    return ", ".join(parts) + str(rng.choice([", ok", "", ", yeah", " haha"]))
+
+
+def _states(clip: _Clip, num_frames: int, size: int) -> list[list[tuple[int, float, float]]]:
+    """Per frame, the visible objects as ``(object, x, y)`` in pixels."""
+    half = num_frames // 2
+    lo, hi = 0.22 * size, 0.78 * size
+    homes = [(0.3 * size, 0.3 * size), (0.7 * size, 0.7 * size)]
+    start_pos = {"left": lambda h: (hi, h[1]), "right": lambda h: (lo, h[1]), "up": lambda h: (h[0], hi), "down": lambda h: (h[0], lo)}
+    end_pos = {"left": lambda h: (lo, h[1]), "right": lambda h: (hi, h[1]), "up": lambda h: (h[0], lo), "down": lambda h: (h[0], hi)}
+    frames: list[list[tuple[int, float, float]]] = []
+    first = clip.order[0]
+    for t in range(num_frames):
+        visible = []
+        for obj in (0, 1):
+            e = clip.events[obj]
+            home = homes[obj]
+            if obj == first:
+                t0, t1 = 0, half
+            else:
+                t0, t1 = half, num_frames
+            steps = max(t1 - t0 - 1, 1)
+            if e in start_pos:
+                if t < t0:
+                    pos = start_pos[e](home)
+                elif t >= t1:
+                    pos = end_pos[e](home)
+                else:
+                    a = (t - t0) / steps
+                    s, f = start_pos[e](home), end_pos[e](home)
+                    pos = (s[0] + a * (f[0] - s[0]), s[1] + a * (f[1] - s[1]))
+                visible.append((obj, pos[0], pos[1]))
+            else:
+                switch = t0 + (t1 - t0) // 2  # the change happens mid-event
+                present = (t >= switch) if e == "appears" else (t < switch)
+                if present:
+                    visible.append((obj, home[0], home[1]))
+        frames.append(visible)
+    return frames
+
+
+def _render(clip: _Clip, num_frames: int, size: int) -> tuple[np.ndarray, list[list[int]]]:
+    """uint8 ``[T, S, S, 3]`` frames and the visible objects per frame."""
+    rng = np.random.default_rng(clip.texture_seed)
+    bg = np.array(BACKGROUNDS[clip.background], dtype=np.float32)
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
+    # A soft per-clip texture: a random-direction gradient plus low-amplitude noise.
+    ang = rng.uniform(0, 2 * np.pi)
+    grad = (np.cos(ang) * xx + np.sin(ang) * yy) / size
+    base = bg[None, None, :] + 25.0 * grad[..., None] + rng.normal(0, 4.0, (size, size, 1))
+    r = 0.16 * size
+    out = np.empty((num_frames, size, size, 3), dtype=np.uint8)
+    visible_ids = []
+    for t, objs in enumerate(_states(clip, num_frames, size)):
+        img = base.copy()
+        for obj, cx, cy in objs:
+            colour, shape = clip.objects[obj]
+            if shape == "circle":
+                mask = (xx - cx) ** 2 + (yy - cy) ** 2 <= r * r
+            elif shape == "square":
+                mask = (np.abs(xx - cx) <= 0.85 * r) & (np.abs(yy - cy) <= 0.85 * r)
+            else:  # triangle, apex up
+                rel = (yy - (cy - r)) / (2 * r)
+                mask = (rel >= 0) & (rel <= 1) & (np.abs(xx - cx) <= rel * r * 1.1)
+            img[mask] = COLORS[colour]
+        out[t] = np.clip(img, 0, 255).astype(np.uint8)
+        visible_ids.append([o for o, _, _ in objs])
+    return out, visible_ids
+
+
+def _frame_caption(clip: _Clip, visible: list[int]) -> str:
+    things = [_obj(clip.objects[o]) for o in visible]
+    where = f"on a {clip.background} background"
+    if not things:
+        return f"an empty {clip.background} background"
+    return " and ".join(things) + " " + where
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int, codec: str = "libx264") -> None:
+    """Encode uint8 ``[T, H, W, 3]`` frames to ``path`` with PyAV (single thread: byte-for-byte repeatable)."""
+    import av
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{path.suffix}")
+    h, w = frames.shape[1:3]
+    with av.open(str(tmp), "w", format="mp4" if path.suffix == ".mp4" else None) as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        stream.codec_context.thread_count = 1
+        if codec == "libx264":
+            stream.options = {"crf": "12", "preset": "veryfast", "g": str(max(len(frames), 1))}
+        for arr in frames:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(arr), format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    tmp.replace(path)
+
+
+def _make_clips(num_videos: int, rng: np.random.Generator) -> list[_Clip]:
+    clips: list[_Clip] = []
+    objects = [(c, s) for c in COLORS for s in SHAPES]
+    while len(clips) < num_videos:
+        i, j = rng.choice(len(objects), size=2, replace=False)
+        a, b = objects[int(i)], objects[int(j)]
+        if a[0] == b[0]:  # distinct colours, so "the red one" names one object
+            continue
+        ea, eb = (str(x) for x in rng.choice(EVENTS, size=2))
+        bgs = [k for k in BACKGROUNDS if k not in (a[0], b[0])]
+        bg = str(rng.choice(bgs))
+        tex = int(rng.integers(0, 2**31 - 1))
+        for order in ((0, 1), (1, 0)):  # the reverse-order twin
+            if len(clips) < num_videos:
+                clips.append(_Clip(len(clips), (a, b), (ea, eb), order, bg, tex))
+    return clips
+
+
+def generate_world(
+    out_dir: str | Path,
+    *,
+    num_videos: int = 400,
+    seed: int = 0,
+    size: int = 32,
+    num_frames: int = 8,
+    fps: int = 4,
+    caption_missing: float = 0.2,
+    codec: str = "libx264",
+    tokenizer: bool = True,
+    progress: bool = False,
+) -> SyntheticWorld:
+    """Write the synthetic world to ``out_dir`` and return its paths (see the module doc).
+
+    Splits are assigned per reverse-order pair (test 20 %, val 10 %, train the rest), so both orderings
+    of a pair are always in the same split. ``pretrain.jsonl`` covers the train and val clips (never
+    test). Re-running with the same arguments rewrites identical content.
+    """
+    from tqdm.auto import tqdm
+
+    from clipvip.data.annotations import write_jsonl
+
+    if size % 2 or size < 16:
+        raise ValueError(f"size must be even and >= 16 (yuv420p), got {size}")
+    if num_frames < 2:
+        raise ValueError(f"num_frames must be >= 2 (two events), got {num_frames}")
+    root = Path(out_dir)
+    videos_dir, images_dir = root / "videos", root / "images"
+    videos_dir.mkdir(parents=True, exist_ok=True)
+    images_dir.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    clips = _make_clips(num_videos, rng)
+    pair_split = {}
+    for pair in range((num_videos + 1) // 2):
+        u = rng.random()
+        pair_split[pair] = "test" if u < SPLITS[0][1] else "val" if u < SPLITS[0][1] + SPLITS[1][1] else "train"
+
+    from PIL import Image
+
+    downstream: dict[str, list[dict[str, Any]]] = {"train": [], "val": [], "test": []}
+    pretrain, images = [], []
+    words: set[str] = set()
+    for clip in tqdm(clips, desc="synthetic world", disable=not progress):
+        crng = np.random.default_rng([seed, clip.index])
+        vid = f"vid{clip.index:05d}"
+        frames, visible = _render(clip, num_frames, size)
+        write_video(videos_dir / f"{vid}.mp4", frames, fps, codec)
+        mid = num_frames // 2
+        frame_caption = _frame_caption(clip, visible[mid])
+        png = images_dir / f"{vid}.png"
+        tmp = png.with_name(f".{png.name}.tmp")
+        Image.fromarray(frames[mid]).save(tmp, format="PNG")
+        tmp.replace(png)
+        split = pair_split[clip.index // 2]
+        texts = _clean_captions(clip)
+        subtitle = _subtitle(clip, crng)
+        caption = None if crng.random() < caption_missing else frame_caption
+        rel = f"videos/{vid}.mp4"
+        downstream[split].append({"video": rel, "id": vid, "texts": texts, "split": split})
+        if split != "test":
+            pretrain.append({"video": rel, "id": vid, "texts": [subtitle], "split": "train", "subtitle": subtitle,
+                             "caption": caption})
+            images.append({"video": f"images/{vid}.png", "id": vid, "texts": [frame_caption], "split": "train"})
+        for t in (*texts, subtitle, frame_caption):
+            words.update(re.findall(r"[a-z]+", t.lower()))
+    for c in COLORS:
+        words.add(c)
+    paths = {name: root / f"{name}.jsonl" for name in ("pretrain", "train", "val", "test", "images")}
+    write_jsonl(pretrain, paths["pretrain"])
+    write_jsonl(images, paths["images"])
+    for split, recs in downstream.items():
+        write_jsonl(recs, paths[split])
+    tok_dir: Path | None = None
+    if tokenizer:
+        from clipvip.tokenizer import build_word_tokenizer
+
+        tok_dir = build_word_tokenizer(sorted(words), root / "tokenizer")
+    counts = {k: len(v) for k, v in downstream.items()} | {"pretrain": len(pretrain), "images": len(images)}
+    log.info("synthetic world in %s: %s", root, counts)
+    return SyntheticWorld(root=root, videos=videos_dir, pretrain=paths["pretrain"], train=paths["train"],
+                          val=paths["val"], test=paths["test"], images=paths["images"], tokenizer=tok_dir,
+                          num_videos=len(clips), counts=counts)
