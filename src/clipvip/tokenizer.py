@@ -1,0 +1,223 @@
+"""CLIP's byte-level BPE tokenizer, loaded through transformers, with OpenAI CLIP's exact ids.
+
+Three sources (:func:`load_tokenizer`): a saved tokenizer directory, a hub name, or OpenAI's
+``bpe_simple_vocab_16e6.txt.gz`` (turned into ``vocab.json`` + ``merges.txt`` the way OpenAI's
+``SimpleTokenizer`` builds its vocabulary, cached under ``~/.cache/clipvip/tokenizers``).
+:func:`build_word_tokenizer` writes a tiny CLIP-format tokenizer whose vocabulary is a given word list, for
+the synthetic world and the demo (nothing to download).
+
+Use :func:`tokenize` to turn texts into model inputs: it applies the clean-up OpenAI CLIP applies before BPE
+(HTML entities unescaped twice, NFC, whitespace collapsed, lower case) which transformers' normaliser lacks
+(it has no ``html.unescape``), and it keeps EOT as the last token of a truncated text, as OpenAI's
+``tokenize(truncate=True)`` does.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import html
+import json
+import os
+import re
+import tempfile
+import unicodedata
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+START = "<|startoftext|>"
+END = "<|endoftext|>"
+#: OpenAI keeps the first 49152 - 256 - 2 merges of the file (after its header line).
+NUM_MERGES = 49152 - 256 - 2
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2/CLIP's reversible map from the 256 byte values to printable unicode characters: printable
+    latin-1 bytes map to themselves, the rest to code points 256, 257, … in byte order."""
+    printable = (list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+                 + list(range(ord("®"), ord("ÿ") + 1)))
+    mapping = {b: chr(b) for b in printable}
+    extra = 0
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(256 + extra)
+            extra += 1
+    return mapping
+
+
+def _byte_alphabet() -> list[str]:
+    """The 256 base symbols in OpenAI's vocabulary order (printable first, then the remapped ones)."""
+    m = bytes_to_unicode()
+    printable = [b for b in m if m[b] == chr(b) and b >= 33]
+    rest = [b for b in m if b not in printable]
+    return [m[b] for b in sorted(printable)] + [m[b] for b in rest]
+
+
+def _write_tokenizer_files(vocab: list[str], merges: Sequence[tuple[str, str]], out_dir: Path) -> None:
+    """Write ``vocab.json`` / ``merges.txt`` atomically (temp file + os.replace)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    payloads = {
+        "vocab.json": json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False),
+        "merges.txt": "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
+    }
+    for name, text in payloads.items():
+        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            fh.write(text)
+        os.replace(tmp, out_dir / name)
+
+
+def _from_files(directory: Path, max_length: int) -> Any:
+    from transformers import CLIPTokenizer
+
+    cls = getattr(__import__("transformers"), "CLIPTokenizerFast", CLIPTokenizer)
+    return cls(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"),
+               model_max_length=max_length) if _v5() else cls(
+        vocab_file=str(directory / "vocab.json"), merges_file=str(directory / "merges.txt"),
+        model_max_length=max_length)
+
+
+def _v5() -> bool:
+    import transformers
+
+    return int(transformers.__version__.split(".")[0]) >= 5
+
+
+def bpe_to_tokenizer_dir(bpe_path: str | Path, out_dir: str | Path | None = None) -> Path:
+    """Turn OpenAI's ``bpe_simple_vocab_16e6.txt.gz`` into a transformers CLIP tokenizer directory.
+
+    Vocabulary order (so ids equal OpenAI's): the 256 byte symbols, the same with ``</w>``, each kept merge
+    joined, then ``<|startoftext|>`` (49406) and ``<|endoftext|>`` (49407).
+    """
+    bpe_path = Path(bpe_path)
+    try:
+        lines = gzip.open(bpe_path, "rt", encoding="utf-8").read().split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{bpe_path} is not a gzip'd CLIP BPE merges file: {exc}") from exc
+    merges = [tuple(line.split()) for line in lines[1 : NUM_MERGES + 1]]
+    if len(merges) != NUM_MERGES or any(len(m) != 2 for m in merges):
+        raise ValueError(f"{bpe_path}: expected {NUM_MERGES} merge lines of two symbols after the header")
+    if out_dir is None:
+        digest = hashlib.sha256(bpe_path.read_bytes()).hexdigest()[:16]
+        out_dir = Path(os.environ.get("CLIPVIP_CACHE", Path.home() / ".cache" / "clipvip")) / "tokenizers" / digest
+    out_dir = Path(out_dir)
+    if not ((out_dir / "vocab.json").is_file() and (out_dir / "merges.txt").is_file()):
+        base = _byte_alphabet()
+        vocab = base + [s + "</w>" for s in base] + ["".join(m) for m in merges] + [START, END]
+        _write_tokenizer_files(vocab, merges, out_dir)  # type: ignore[arg-type]
+    return out_dir
+
+
+def load_tokenizer(spec: str | Path, max_length: int = 77) -> Any:
+    """A transformers CLIP tokenizer from a directory, a hub name, or the OpenAI BPE ``.txt.gz`` file.
+
+    ``max_length`` becomes ``model_max_length`` (77 for CLIP; the recipes use 50 or 70). The pad token is
+    ``<|endoftext|>``, as in the official pipeline (reference §2).
+    """
+    text = str(spec)
+    path = Path(text)
+    if text.endswith(".gz"):
+        if not path.is_file():
+            raise FileNotFoundError(f"BPE file {path} does not exist")
+        directory = bpe_to_tokenizer_dir(path)
+        tok = _from_files(directory, max_length)
+    else:
+        from transformers import AutoTokenizer
+
+        if path.is_dir() and not any((path / n).is_file() for n in ("tokenizer.json", "vocab.json",
+                                                                      "tokenizer_config.json")):
+            raise FileNotFoundError(f"{path} holds no tokenizer files (vocab.json/merges.txt or tokenizer.json)")
+        if path.is_dir() and not (path / "tokenizer_config.json").is_file():
+            tok = _from_files(path, max_length)
+        else:
+            try:
+                tok = AutoTokenizer.from_pretrained(text, local_files_only=path.is_dir())
+            except (OSError, ValueError) as exc:
+                raise FileNotFoundError(f"cannot load a tokenizer from {text}: {exc}") from exc
+    tok.model_max_length = max_length
+    if tok.pad_token is None or tok.pad_token != END:
+        tok.pad_token = END
+    return tok
+
+
+def clean_text(text: str) -> str:
+    """OpenAI CLIP's pre-BPE clean-up without ftfy: HTML entities unescaped twice (``&amp;amp;`` -> ``&``),
+    NFC normalisation (what ftfy's ``fix_text`` does to already-valid text), whitespace runs to one space,
+    stripped. Lower-casing is done by the tokenizer's normaliser."""
+    text = html.unescape(html.unescape(text)).strip()
+    text = unicodedata.normalize("NFC", text)
+    return re.sub(r"\s+", " ", text).strip()
+
+
+def tokenize(tokenizer: Any, texts: str | Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
+    """Texts -> ``{"input_ids", "attention_mask"}`` int64 ``[N, max_length]``, padded with the EOT id.
+
+    A text longer than ``max_length`` is cut so that its last token is EOT (OpenAI's truncate=True
+    behaviour), which EOT pooling relies on; the attention mask is 1 up to and including that EOT.
+    """
+    if isinstance(texts, str):
+        texts = [texts]
+    max_length = int(max_length or tokenizer.model_max_length or 77)
+    enc = tokenizer([clean_text(t) for t in texts], padding="max_length", truncation=True,
+                    max_length=max_length, return_tensors="pt")
+    ids = enc["input_ids"].to(torch.int64)
+    mask = enc["attention_mask"].to(torch.int64)
+    eot = tokenizer.convert_tokens_to_ids(END)
+    full = mask[:, -1] == 1
+    ids[full, -1] = eot
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def _bpe_pieces(word: str, ranks: dict[tuple[str, str], int]) -> list[str]:
+    """CLIP's BPE on one pre-tokenised word (symbols already byte-mapped), with the given merge ranks."""
+    parts = list(word[:-1]) + [word[-1] + "</w>"]
+    while len(parts) > 1:
+        pairs = [(ranks.get((a, b), 1 << 30), i) for i, (a, b) in enumerate(zip(parts, parts[1:]))]
+        rank, i = min(pairs)
+        if rank == 1 << 30:
+            break
+        parts[i : i + 2] = [parts[i] + parts[i + 1]]
+    return parts
+
+
+def build_word_tokenizer(words: Iterable[str], out_dir: str | Path, max_length: int = 77) -> Path:
+    """Write a small CLIP-format tokenizer to ``out_dir`` in which each given word is one token.
+
+    Vocabulary: the 512 byte symbols (with and without ``</w>``), one merge per step needed to build each
+    word as a whole token, then the start/end tokens, so ids stay small (a few hundred for a few dozen
+    words) and a tiny model can use a small ``vocab_size`` (``len(vocab)``; EOT is the largest id, as EOT
+    pooling by argmax requires). Other text still tokenizes (into characters). Loadable offline with
+    ``load_tokenizer(out_dir)``.
+    """
+    out_dir = Path(out_dir)
+    byte_map = bytes_to_unicode()
+    ranks: dict[tuple[str, str], int] = {}
+    merges: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for raw in words:
+        for word in raw.lower().split():
+            if not word or word in seen:
+                continue
+            seen.add(word)
+            symbols = "".join(byte_map[b] for b in word.encode("utf-8"))
+            # Appending a merge of the two leftmost pieces never changes earlier words: it has the worst
+            # rank, and BPE only uses it when no better merge applies.
+            while len(pieces := _bpe_pieces(symbols, ranks)) > 1:
+                pair = (pieces[0], pieces[1])
+                ranks[pair] = len(merges)
+                merges.append(pair)
+    base = _byte_alphabet()
+    vocab = base + [s + "</w>" for s in base]
+    known = set(vocab)
+    for a, b in merges:
+        if a + b not in known:
+            vocab.append(a + b)
+            known.add(a + b)
+    vocab += [START, END]
+    _write_tokenizer_files(vocab, merges, out_dir)
+    tok = _from_files(out_dir, max_length)
+    tok.save_pretrained(str(out_dir))
+    return out_dir

@@ -1,0 +1,195 @@
+"""Loading and saving CLIP-ViP weights: transformers CLIP, the official checkpoints, our own format.
+
+Nothing here executes pickled code: ``.pt`` files go through ``torch.load(weights_only=True)`` and our own
+format is safetensors + JSON. Every loader is strict: the official loader skips mismatched keys silently,
+which is how users ended up fine-tuning from random patch embeddings ("R@1 = 0", reference §7.6).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from clipvip.config import CLIPViPConfig
+from clipvip.model.clipvip import CLIPViP
+
+log = logging.getLogger(__name__)
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+OFFICIAL_PREFIX = "clipmodel."
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be loaded exactly; the message names the file and every offending key."""
+
+
+# ---------------------------------------------------------------------------------------------- strict load
+def load_state_dict_strict(model: CLIPViP, state: Mapping[str, Tensor], source: str | Path) -> None:
+    """Copy ``state`` into ``model`` or raise :class:`CheckpointError` listing every missing, unexpected and
+    shape-mismatched key at once (one round trip to fix a conversion, not one per key)."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    mismatched = sorted(f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(own[k].shape)}"
+                        for k in set(own) & set(state) if tuple(state[k].shape) != tuple(own[k].shape))
+    if missing or unexpected or mismatched:
+        lines = [f"cannot load {source} into a CLIP-ViP model:"]
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("shape mismatch", mismatched)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys))
+        raise CheckpointError("\n".join(lines))
+    with torch.no_grad():
+        for key, value in state.items():
+            own[key].copy_(value.to(own[key].dtype))
+
+
+# ---------------------------------------------------------------------------------------------- transformers CLIP
+def from_clip(name_or_dir: str | Path, **overrides: Any) -> CLIPViP:
+    """Start CLIP-ViP from transformers CLIP weights (a hub name, or a local dir: then fully offline).
+
+    Proxy 0 is CLIP's class embedding (same parameter); the added proxies keep their N(0, 1) draw, the
+    temporal table its zeros, and ``logit_scale`` is reset to ``config.logit_scale_init`` (ln 100) as the
+    official VidCLIP wrapper does (reference §1.9). ``overrides`` go to :meth:`CLIPViPConfig.from_hf`.
+    """
+    from transformers import CLIPModel
+
+    local = Path(name_or_dir).is_dir()
+    try:
+        hf = CLIPModel.from_pretrained(str(name_or_dir), local_files_only=local)
+    except OSError as exc:
+        raise CheckpointError(f"cannot load CLIP weights from {name_or_dir}: {exc}") from exc
+    config = CLIPViPConfig.from_hf(hf.config, **overrides)
+    model = CLIPViP(config)
+    state = {k: v for k, v in hf.state_dict().items() if not k.endswith("position_ids")}
+    own = model.state_dict()
+    for key in ("vision_model.embeddings.added_cls", "vision_model.embeddings.temporal_embedding"):
+        if key in own:
+            state[key] = own[key]
+    state["logit_scale"] = torch.tensor(float(config.logit_scale_init))
+    load_state_dict_strict(model, state, name_or_dir)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- official .pt
+def _read_torch_file(path: Path) -> dict[str, Tensor]:
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # weights_only raises UnpicklingError on code payloads
+        raise CheckpointError(f"refusing to load {path}: not a plain tensor checkpoint "
+                              f"(weights_only=True load failed: {str(exc).splitlines()[0]})") from exc
+    if isinstance(obj, Mapping):
+        for wrapper in ("model", "state_dict", "module"):
+            if wrapper in obj and isinstance(obj[wrapper], Mapping):
+                obj = obj[wrapper]
+                break
+    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
+        raise CheckpointError(f"{path} is not a state dict of tensors (got {type(obj).__name__})")
+    return dict(obj)
+
+
+def official_to_state_dict(raw: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """Map the official layout to ours: strip ``clipmodel.``, drop ``*.position_ids``, cast to fp32."""
+    state = {}
+    for key, value in raw.items():
+        name = key[len(OFFICIAL_PREFIX):] if key.startswith(OFFICIAL_PREFIX) else key
+        if name.endswith("position_ids"):
+            continue
+        state[name] = value.float() if value.is_floating_point() else value
+    return state
+
+
+def infer_config(state: Mapping[str, Tensor], source: str | Path = "checkpoint") -> CLIPViPConfig:
+    """Pick B/32 or B/16 from the patch-embedding shape, and read ``num_proxies`` and ``temporal_size``
+    from the tensors, so the config can never disagree with the weights."""
+    key = "vision_model.embeddings.patch_embedding.weight"
+    if key not in state:
+        raise CheckpointError(f"cannot infer the architecture of {source}: no {key}")
+    width, _, patch, _ = state[key].shape
+    known = {32: "clipvip-b32", 16: "clipvip-b16"}
+    if patch not in known or width != 768:
+        raise CheckpointError(f"cannot infer the architecture of {source}: {key} has shape "
+                              f"{tuple(state[key].shape)}; pass config= explicitly")
+    added = state.get("vision_model.embeddings.added_cls")
+    temporal = state.get("vision_model.embeddings.temporal_embedding")
+    overrides: dict[str, Any] = {"num_proxies": 1 + (added.shape[0] if added is not None else 0)}
+    if temporal is not None:
+        overrides["temporal_size"] = temporal.shape[1]
+    return CLIPViPConfig.from_name(known[patch], **overrides)
+
+
+def from_official_checkpoint(path: str | Path, config: CLIPViPConfig | None = None) -> CLIPViP:
+    """Load ``pretrain_clipvip_base_{32,16}.pt`` (or any file in that layout), strictly."""
+    path = Path(path)
+    state = official_to_state_dict(_read_torch_file(path))
+    if config is None:
+        config = infer_config(state, path)
+    model = CLIPViP(config)
+    load_state_dict_strict(model, state, path)
+    return model
+
+
+# ---------------------------------------------------------------------------------------------- our format
+def save_pretrained(model: CLIPViP, directory: str | Path, tokenizer: Any = None) -> Path:
+    """Write ``config.json`` + ``model.safetensors`` (+ tokenizer files) atomically: everything goes to a
+    temporary sibling directory first, which then replaces ``directory``, so a crash never leaves a
+    half-written model behind."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    try:
+        model.config.to_json(tmp / CONFIG_FILE)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "library": "clipvip"})
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(tmp))
+        if directory.exists():
+            old = directory.with_name(f".{directory.name}.old")
+            if old.exists():
+                shutil.rmtree(old)
+            os.replace(directory, old)
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def from_pretrained(directory: str | Path, map_location: str | torch.device = "cpu") -> CLIPViP:
+    """Load a directory written by :func:`save_pretrained`; errors name the directory and the reason."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"{directory} is not a directory (expected {CONFIG_FILE} + {WEIGHTS_FILE})")
+    for name in (CONFIG_FILE, WEIGHTS_FILE):
+        if not (directory / name).is_file():
+            raise FileNotFoundError(f"{directory} has no {name}: not a saved CLIP-ViP model")
+    try:
+        config = CLIPViPConfig.from_json(directory / CONFIG_FILE)
+    except (ValueError, TypeError) as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from exc
+    try:
+        state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
+    except (SafetensorError, OSError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{directory / WEIGHTS_FILE} is corrupt: {exc}") from exc
+    model = CLIPViP(config)
+    load_state_dict_strict(model, state, directory / WEIGHTS_FILE)
+    return model.to(map_location)
