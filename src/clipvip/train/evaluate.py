@@ -39,8 +39,20 @@ class _Rows(torch.utils.data.Dataset):
         except Exception as exc:  # noqa: BLE001 - one bad file never stops an evaluation
             return i, None, f"{type(exc).__name__}: {exc}"
         if item is None:
-            return i, None, _failure_reason(self.dataset, i)
+            reason = _failure_reason(self.dataset, i)
+            _drain_pending()
+            return i, None, reason
         return i, item["pixel_values"], None
+
+
+def _drain_pending() -> None:
+    """Consume the failure the data package queued for its training collator, so that an evaluation in the
+    training process is not later reported as a training failure."""
+    try:
+        from clipvip.data.datasets import drain_failures
+    except ImportError:  # pragma: no cover
+        return
+    drain_failures()
 
 
 def _failure_reason(dataset: Any, i: int) -> str:

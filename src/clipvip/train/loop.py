@@ -67,10 +67,13 @@ def build_model(cfg: TrainConfig) -> Any:
 
 
 def tokenizer_spec(cfg: TrainConfig) -> str:
-    """Where the tokenizer comes from: ``model.tokenizer``, else the init source when it carries one."""
+    """Where the tokenizer comes from: ``model.tokenizer`` (a path relative to ``data.root`` when it exists
+    there, else as given, e.g. a hub name), else the init source when it carries one."""
     if cfg.model.tokenizer:
-        return cfg.data.resolve(cfg.model.tokenizer) if not Path(cfg.model.tokenizer).is_absolute() and \
-            cfg.data.root and not Path(cfg.model.tokenizer).exists() else cfg.model.tokenizer
+        under_root = cfg.data.resolve(cfg.model.tokenizer)
+        if under_root and Path(under_root).exists():
+            return under_root
+        return cfg.model.tokenizer
     kind, _, ref = cfg.model.init.partition(":")
     if kind in ("clip", "pretrained"):
         return ref
@@ -391,6 +394,18 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         for batch in loader:
             fails = batch.pop("failures", None) or []
             epoch_failures.extend((str(p), str(r)) for p, r in fails)
+            if not batch.get("batch_size"):
+                # Every item of this batch failed to decode: nothing to learn from. One process skips the
+                # batch (the data position still advances); under DDP the ranks must stay in lock-step.
+                if world > 1:
+                    raise RuntimeError(f"rank {rank}: every item of a training batch failed to load "
+                                       f"({fails[:3]}); fix or drop the bad videos")
+                state["step_in_epoch"] += 1
+                if state["step_in_epoch"] >= sampler.num_batches:
+                    state["epoch"] += 1
+                    state["step_in_epoch"] = 0
+                    break
+                continue
             batch = move_to(batch, device, non_blocking=True)
             image_batch = None
             if it_iter is not None:
