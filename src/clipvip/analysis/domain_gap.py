@@ -210,7 +210,8 @@ def run_domain_gap(
     """Sample, encode, cluster and report: writes ``nmi.json``, ``nmi.md`` and ``nmi.png`` in ``out_dir``.
 
     Texts are encoded with ``encode`` (a function ``list[str] -> [N, D]``) or with the text tower of
-    ``clipvip.load(model)``. Returns the JSON report (names, matrix, pairs, sizes, seed, model).
+    ``clipvip.load(model)`` (when both are given, ``model`` is only recorded in the report). Returns the
+    JSON report (names, matrix, pairs, sizes, seed, model).
     """
     if len(corpora) < 2:
         raise ValueError("give at least two corpora to compare")
