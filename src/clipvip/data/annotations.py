@@ -147,11 +147,17 @@ def _read_csv_rows(path: PathLike, delimiter: str = ",") -> list[dict[str, str]]
         return list(reader)
 
 
+_MEDIA_SUFFIXES = {".mp4", ".m4v", ".avi", ".mkv", ".webm", ".mov", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp"}
+
+
 def _with_ext(name: str, ext: str | None) -> str:
+    """``name`` with its media extension replaced by ``ext`` (or ``ext`` appended: ids such as LSMDC's
+    ``..._00.00.54.129`` contain dots that are not extensions)."""
     if not ext:
         return name
     ext = ext if ext.startswith(".") else "." + ext
-    return str(Path(name).with_suffix(ext)) if Path(name).suffix else name + ext
+    suffix = Path(name).suffix
+    return name[: -len(suffix)] + ext if suffix.lower() in _MEDIA_SUFFIXES else name + ext
 
 
 def _require(path: PathLike, row: dict[str, Any], keys: tuple[str, ...], line: int) -> None:
