@@ -1,0 +1,164 @@
+"""Optimiser, parameter groups and learning-rate schedule of the reference recipes (reference section 6).
+
+* **Groups** (``build_e2e_optimizer_w_lr_mul``): four groups ``[prefix & decay, prefix & no-decay,
+  rest & decay, rest & no-decay]``. "No decay" is a substring test on ``bias``, ``LayerNorm.bias``,
+  ``LayerNorm.weight`` and ``logit_scale``. transformers' CLIP names its layer norms ``layer_norm1/2``,
+  ``pre_layrnorm``, ``post_layernorm`` and ``final_layer_norm``, so **their weights are decayed**, exactly
+  as in the reference. The LR multiplier applies to parameters whose name *contains* ``lr_mul_prefix``
+  (DiDeMo B/16: 10x on ``logit_scale``). Frozen parameters (``requires_grad`` False) are left out, and
+  empty groups are dropped.
+* **AdamW**: ``torch.optim.AdamW`` (fast foreach/fused kernels, standard state for checkpoints). The
+  reference uses an HF-style AdamW with bias correction; the two differ in two small ways, checked in
+  ``tests/test_optim.py``: HF adds eps to the *uncorrected* ``sqrt(v)`` (torch: to the corrected one, so
+  HF's effective eps is ``eps / sqrt(1 - b2^t)``, at most 7x larger in the first step and equal after a
+  few hundred steps), and HF applies the decoupled decay ``p -= lr * wd * p`` after the Adam step while
+  torch applies ``p *= 1 - lr * wd`` before it (a difference of order ``lr^2 * wd``). At the recipes'
+  lr (1e-6, 5e-6) both are far below rounding noise of the training itself.
+* **Schedule**: the reference computes ``lr(global_step)`` *after* incrementing ``global_step``, so the
+  k-th optimiser step (k from 0) uses ``f(k + 1)`` with ``f(s) = s / warmup`` for ``s < warmup`` and
+  ``0.5 * (1 + cos(pi * (s - warmup) / (total - warmup)))`` after. Our ``LambdaLR`` does the same, which
+  also avoids a wasted first step at LR 0. It multiplies each group's own initial LR, so the per-group
+  multipliers survive. (The reference floors the LR at 1e-8 where it reaches 0; we do not: the last
+  step's LR is 0, an immaterial difference.)
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Iterable
+
+import torch
+from torch import nn
+from torch.optim.lr_scheduler import LambdaLR
+
+__all__ = [
+    "NO_DECAY_KEYS",
+    "build_optimizer",
+    "build_scheduler",
+    "lr_factor",
+    "param_groups",
+    "steps_for",
+    "warmup_steps_for",
+]
+
+#: Substrings that exempt a parameter from weight decay (reference, ``optimization/utils.py``).
+NO_DECAY_KEYS = ("bias", "LayerNorm.bias", "LayerNorm.weight", "logit_scale")
+
+SCHEDULES = ("cosine", "linear", "constant")
+
+
+def _no_decay(name: str) -> bool:
+    return any(key in name for key in NO_DECAY_KEYS)
+
+
+def param_groups(
+    model: nn.Module | Iterable[tuple[str, nn.Parameter]],
+    weight_decay: float,
+    lr: float,
+    lr_mul: float = 1.0,
+    lr_mul_prefix: str = "",
+) -> list[dict[str, Any]]:
+    """The reference's four parameter groups (see the module docstring), empty ones removed.
+
+    Each group is a dict with ``params``, ``names`` (for logging and tests; torch ignores extra keys),
+    ``lr``, ``weight_decay`` and ``lr_mul``. Works on a DDP-wrapped model too: the ``module.`` prefix does
+    not change substring matches.
+    """
+    named = list(model.named_parameters()) if isinstance(model, nn.Module) else list(model)
+    trainable = [(n, p) for n, p in named if p.requires_grad]
+    if lr_mul_prefix:
+        top = [(n, p) for n, p in trainable if lr_mul_prefix in n]
+        rest = [(n, p) for n, p in trainable if lr_mul_prefix not in n]
+    else:
+        top, rest = [], trainable
+    spec = [
+        (top, False, lr_mul),
+        (top, True, lr_mul),
+        (rest, False, 1.0),
+        (rest, True, 1.0),
+    ]
+    groups: list[dict[str, Any]] = []
+    for members, no_decay, mul in spec:
+        chosen = [(n, p) for n, p in members if _no_decay(n) == no_decay]
+        if not chosen:
+            continue
+        groups.append(
+            {
+                "params": [p for _, p in chosen],
+                "names": [n for n, _ in chosen],
+                "lr": lr * mul,
+                "weight_decay": 0.0 if no_decay else weight_decay,
+                "lr_mul": mul,
+            }
+        )
+    if not groups:
+        raise ValueError("the model has no trainable parameters (all have requires_grad=False)")
+    return groups
+
+
+def build_optimizer(
+    model: nn.Module,
+    lr: float,
+    weight_decay: float,
+    betas: tuple[float, float] = (0.9, 0.98),
+    eps: float = 1e-6,
+    lr_mul: float = 1.0,
+    lr_mul_prefix: str = "",
+) -> torch.optim.AdamW:
+    """AdamW over :func:`param_groups` with the reference's betas (0.9, 0.98) and eps 1e-6."""
+    groups = param_groups(model, weight_decay=weight_decay, lr=lr, lr_mul=lr_mul, lr_mul_prefix=lr_mul_prefix)
+    return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
+
+
+def lr_factor(step: int, warmup_steps: int, total_steps: int, schedule: str = "cosine") -> float:
+    """LR multiplier for the reference's ``global_step`` value ``step`` (1 for the first optimiser step).
+
+    ``cosine``: linear warmup ``step / warmup`` then ``0.5 * (1 + cos(pi * progress))``; ``linear``:
+    warmup then a straight line to 0; ``constant``: warmup then 1. Never negative.
+    """
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+    if step < warmup_steps:
+        return step / warmup_steps
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    if schedule == "linear":
+        return max(0.0, 1.0 - progress)
+    return max(0.0, 0.5 * (1.0 + math.cos(math.pi * progress)))
+
+
+def build_scheduler(
+    optimizer: torch.optim.Optimizer,
+    warmup_steps: int,
+    total_steps: int,
+    schedule: str = "cosine",
+) -> LambdaLR:
+    """Warmup + cosine (or ``linear``/``constant``) as a ``LambdaLR``; call ``scheduler.step()`` after
+    each ``optimizer.step()``. The k-th optimiser step (from 0) runs at ``lr_factor(k + 1, ...)``.
+
+    Resuming: ``scheduler.state_dict()`` holds only the step count, so it restores exactly.
+    """
+    if total_steps <= 0:
+        raise ValueError(f"total_steps must be positive, got {total_steps}")
+    if warmup_steps < 0 or warmup_steps > total_steps:
+        raise ValueError(f"warmup_steps must be in [0, total_steps={total_steps}], got {warmup_steps}")
+    if schedule not in SCHEDULES:
+        raise ValueError(f"unknown schedule {schedule!r}; expected one of {SCHEDULES}")
+    fn: Callable[[int], float] = lambda k: lr_factor(k + 1, warmup_steps, total_steps, schedule)  # noqa: E731
+    return LambdaLR(optimizer, lr_lambda=fn)
+
+
+def steps_for(epochs: float, dataset_len: int, global_batch: int) -> int:
+    """Optimiser steps of a run: ``ceil(epochs * dataset_len / global_batch)`` (reference section 6.1)."""
+    if global_batch <= 0:
+        raise ValueError(f"global_batch must be positive, got {global_batch}")
+    if dataset_len <= 0:
+        raise ValueError(f"dataset_len must be positive, got {dataset_len}")
+    return int(math.ceil(epochs * dataset_len / global_batch))
+
+
+def warmup_steps_for(total_steps: int, warmup_ratio: float = 0.01) -> int:
+    """Warmup steps: ``int(warmup_ratio * total_steps)`` (reference: ratio 0.01)."""
+    return int(warmup_ratio * total_steps)
