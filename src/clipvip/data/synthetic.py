@@ -270,6 +270,15 @@ def generate_world(
     for pair in range((num_videos + 1) // 2):
         u = rng.random()
         pair_split[pair] = "test" if u < SPLITS[0][1] else "val" if u < SPLITS[0][1] + SPLITS[1][1] else "train"
+    npairs = len(pair_split)
+    if npairs >= 3:  # small worlds still get a non-empty test and val split
+        values = list(pair_split.values())
+        if "test" not in values:
+            pair_split[npairs - 1] = "test"
+        if "val" not in pair_split.values():
+            pair_split[npairs - 2 if pair_split[npairs - 2] != "test" else 0] = "val"
+        if "train" not in pair_split.values():
+            pair_split[0] = "train"
 
     from PIL import Image
 
