@@ -160,3 +160,31 @@ def test_run_domain_gap_writes_table_and_heatmap(tmp_path):
     assert again["matrix"] == report["matrix"]
     with pytest.raises(ValueError, match="distinct"):
         run_domain_gap([corpora[0], corpora[0]], tmp_path / "o3", encode=_encode)
+
+
+@pytest.mark.slow
+def test_domain_gap_cli_with_a_tiny_saved_model(tmp_path, capsys):
+    """End to end through `clipvip domain-gap`: a tiny random CLIP-ViP and an offline word tokenizer."""
+    import torch
+
+    from clipvip.cli import main as cli_main
+    from clipvip.config import CLIPViPConfig
+    from clipvip.model.clipvip import CLIPViP
+    from clipvip.tokenizer import build_word_tokenizer, load_tokenizer
+
+    words = [f"w{i}" for i in range(40)]
+    tok = load_tokenizer(build_word_tokenizer(words, tmp_path / "tok"))
+    torch.manual_seed(0)
+    CLIPViP(CLIPViPConfig.from_name("clipvip-tiny")).save_pretrained(tmp_path / "model", tokenizer=tok)
+    (tmp_path / "a.txt").write_text("\n".join(_corpus(range(0, 20), 60, 1)) + "\n")
+    (tmp_path / "b.txt").write_text("\n".join(_corpus(range(20, 40), 60, 2)) + "\n")
+    argv = ["domain-gap", f"subs={tmp_path / 'a.txt'}", f"caps={tmp_path / 'b.txt'}", "--model",
+            str(tmp_path / "model"), "--out", str(tmp_path / "out"), "-n", "50", "--device", "cpu"]
+    assert cli_main(argv) == 0
+    assert "| subs | caps |" in capsys.readouterr().out
+    report = json.loads((tmp_path / "out" / "nmi.json").read_text())
+    assert report["names"] == ["subs", "caps"] and report["sizes"] == {"subs": 50, "caps": 50}
+    assert 0.0 <= report["pairs"][0]["nmi"] <= 1.0
+    assert report["model"] == str(tmp_path / "model")
+    assert cli_main(argv) == 0
+    assert json.loads((tmp_path / "out" / "nmi.json").read_text())["matrix"] == report["matrix"]
