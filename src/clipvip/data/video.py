@@ -38,6 +38,8 @@ IMAGE_EXTENSIONS = frozenset({".png", ".jpg", ".jpeg", ".bmp", ".webp", ".gif", 
 SAMPLINGS = ("uniform", "jitter")
 DEFAULT_THREADS = 1
 """Decoder threads per reader. 1 = one decoder thread per DataLoader worker (see module doc)."""
+SEQUENTIAL_BELOW = 64
+"""When every wanted frame lies in the first 64 frames, decode forward once instead of seeking."""
 
 
 @dataclass(frozen=True)
@@ -307,7 +309,8 @@ class PyAVReader:
             if not 0 <= i < n:
                 raise IndexError(f"{self.path}: frame {i} out of range [0, {n})")
         wanted = sorted(set(idx))
-        if self._sequential:
+        if self._sequential or wanted[-1] < SEQUENTIAL_BELOW:
+            # Short clips (e.g. 3 fps shards): one forward pass beats a dozen seek+flush cycles.
             got = self._decode_sequential(wanted)
         else:
             got = self._decode_seeking(wanted)
