@@ -203,12 +203,15 @@ def load(
     max_length: int | None = None,
     attention: str | None = None,
     seed: int = 0,
+    config: Any = None,
 ) -> VideoTextPipeline:
     """Load a model from any supported ``spec`` and wrap it in a :class:`VideoTextPipeline`.
 
     ``tokenizer`` may be a tokenizer object or anything ``load_tokenizer`` accepts (a directory, CLIP's
     ``bpe_simple_vocab_16e6.txt.gz``, a hub name). ``num_frames`` defaults to the config's temporal size,
     ``max_length`` to the text context. ``attention`` switches the attention mode after loading.
+    ``config`` is only used for official checkpoints whose architecture cannot be inferred from the weights.
+    ``seed`` seeds the random init of a registry name (a spec ``name@seedN`` does the same).
     """
     from clipvip.config import CLIPViPConfig, available_configs
     from clipvip.model.clipvip import CLIPViP
@@ -230,7 +233,7 @@ def load(
         spec_str = str(path.resolve())
     elif path.is_file() and path.suffix.lower() in OFFICIAL_SUFFIXES:
         kind = "official"
-        model = CLIPViP.from_official_checkpoint(str(path))
+        model = CLIPViP.from_official_checkpoint(str(path), config)
         tok_spec = DEFAULT_CLIP_TOKENIZER
         spec_str = str(path.resolve())
     elif path.exists():
@@ -239,8 +242,13 @@ def load(
             f"official checkpoint ({', '.join(OFFICIAL_SUFFIXES)}), a transformers CLIP name or a registry "
             f"name ({', '.join(available_configs())})"
         )
-    elif spec_str in available_configs():
+    elif spec_str.split("@seed")[0] in available_configs():
         kind = "registry"
+        if "@seed" in spec_str:
+            name, _, seed_text = spec_str.partition("@seed")
+            if not seed_text.isdigit():
+                raise ValueError(f"{spec_str!r}: expected NAME@seedN with an integer N")
+            spec_str, seed = name, int(seed_text)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             model = CLIPViP(CLIPViPConfig.from_name(spec_str))
@@ -248,7 +256,8 @@ def load(
     else:
         kind = "clip"
         try:
-            model = CLIPViP.from_clip(spec_str)
+            source = _hub_source(spec_str, "model")
+            model = CLIPViP.from_clip(source)
         except Exception as exc:  # noqa: BLE001 - turn hub/network failures into one clear message
             raise ValueError(
                 f"cannot load model {spec_str!r}: it is not a local path, not a registry name "
@@ -256,7 +265,7 @@ def load(
                 f"({type(exc).__name__}: {exc}). Hub names need the internet or a local copy in the "
                 f"Hugging Face cache."
             ) from exc
-        tok_spec = spec_str
+        tok_spec = source
 
     if attention is not None:
         model.set_attention(attention)
@@ -293,7 +302,7 @@ def fingerprint(model: torch.nn.Module, **extra: Any) -> str:
     cfg_dict.pop("name", None)
     h.update(json.dumps({"config": cfg_dict, **extra}, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
-        t = tensor.detach().to("cpu").contiguous()
+        t = tensor.detach().to("cpu").contiguous().reshape(-1)
         h.update(f"{name}:{tuple(t.shape)}:{t.dtype}".encode())
         h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
     return h.hexdigest()[:20]
@@ -327,6 +336,8 @@ def _resolve_tokenizer(
             f"tokenizer= (a tokenizer directory, or CLIP's bpe_simple_vocab_16e6.txt.gz)"
         )
     try:
+        if kind == "official":
+            default_spec = _hub_source(str(default_spec), "tokenizer")
         return load_tokenizer(default_spec), default_spec
     except Exception as exc:  # noqa: BLE001
         if kind == "ours":
@@ -338,6 +349,33 @@ def _resolve_tokenizer(
         else:
             hint = "pass tokenizer= explicitly"
         raise ValueError(f"cannot load the tokenizer for {spec}: {type(exc).__name__}: {exc}. {hint}") from exc
+
+
+def _hub_source(name: str, what: str) -> str:
+    """A local snapshot of hub repo ``name`` if cached, else ``name`` when the hub is reachable.
+
+    Offline, transformers retries for about a minute and a half before failing; we look at the cache first
+    and probe DNS once, so an offline user gets a clear error at once.
+    """
+    try:
+        from huggingface_hub import snapshot_download
+
+        return snapshot_download(name, local_files_only=True)
+    except Exception:  # noqa: BLE001 - not cached (or not a valid repo id): try the network
+        pass
+    import socket
+
+    try:
+        socket.setdefaulttimeout(3)
+        socket.getaddrinfo("huggingface.co", 443)
+    except OSError as exc:
+        raise ValueError(
+            f"the {what} {name!r} is not in the local Hugging Face cache and huggingface.co cannot be reached "
+            f"({exc}); download it once while online, or pass a local path"
+        ) from exc
+    finally:
+        socket.setdefaulttimeout(None)
+    return name
 
 
 def _reason(exc: Exception) -> str:

@@ -16,7 +16,7 @@ import torch
 BACKENDS = ("auto", "exact", "faiss")
 # Below this many vectors the torch matmul is as fast as FAISS and needs no extra copy of the matrix.
 FAISS_MIN_ROWS = 200_000
-CHUNK_ROWS = 65_536  # rows upcast at a time when the matrix is stored as float16
+CHUNK_ROWS = 4096  # float16 rows upcast at a time: small enough to stay in cache (measured best)
 
 
 def faiss_available() -> bool:
@@ -46,10 +46,11 @@ class ExactSearch:
         """All scores ``[Q, N]`` in float32."""
         if self.matrix.dtype == torch.float32:
             return queries @ self.matrix.T
-        out = torch.empty(queries.shape[0], self.n, dtype=torch.float32)
+        out = torch.empty(self.n, queries.shape[0], dtype=torch.float32)
+        qt = queries.T.contiguous()
         for s in range(0, self.n, CHUNK_ROWS):
-            out[:, s : s + CHUNK_ROWS] = queries @ self.matrix[s : s + CHUNK_ROWS].float().T
-        return out
+            torch.matmul(self.matrix[s : s + CHUNK_ROWS].float(), qt, out=out[s : s + CHUNK_ROWS])
+        return out.T
 
     def search(self, queries: Any, k: int) -> tuple[np.ndarray, np.ndarray]:
         """Top-``k`` ``(scores [Q, k] float32, rows [Q, k] int64)``, best first; k is clamped to N."""

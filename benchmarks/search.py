@@ -1,0 +1,93 @@
+"""Search latency: exact matmul (float32 / float16 storage) vs FAISS IndexFlatIP on random unit vectors.
+
+Usage::
+
+    python benchmarks/search.py                 # 10k, 100k, 1M vectors of dim 512
+    python benchmarks/search.py --sizes 10000 100000 --queries 50 --batch 64
+
+Prints one markdown table: per size and backend, the median latency of a single query, the time per query
+when ``--batch`` queries are searched together, and the single-query time normalised to 100k vectors (the
+issue's aim: about 1 ms per query per 100k videos). All backends run side by side in one process on the
+same data and also check that they return the same top-10 rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import platform
+import statistics
+import sys
+import time
+
+import numpy as np
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from clipvip.search.engine import ExactSearch, FaissSearch, faiss_available  # noqa: E402
+
+
+def _unit(rng: np.random.Generator, n: int, d: int, chunk: int = 100_000) -> np.ndarray:
+    out = np.empty((n, d), np.float32)
+    for s in range(0, n, chunk):
+        x = rng.standard_normal((min(chunk, n - s), d), dtype=np.float32)
+        out[s : s + len(x)] = x / np.linalg.norm(x, axis=1, keepdims=True)
+    return out
+
+
+def _time(fn, repeats: int) -> float:
+    """Median seconds of ``repeats`` calls after one warm-up call."""
+    fn()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--sizes", type=int, nargs="+", default=[10_000, 100_000, 1_000_000],
+                    help="numbers of indexed vectors")
+    ap.add_argument("--dim", type=int, default=512, help="embedding size (CLIP-ViP B: 512)")
+    ap.add_argument("--queries", type=int, default=20, help="single queries timed per setting (median)")
+    ap.add_argument("--batch", type=int, default=64, help="queries per batched search")
+    ap.add_argument("-k", type=int, default=10, help="results per query")
+    args = ap.parse_args(argv)
+
+    rng = np.random.default_rng(0)
+    print(f"# search benchmark: dim {args.dim}, k {args.k}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+          f"faiss {'yes' if faiss_available() else 'not installed'}")
+    print()
+    print("| vectors | backend | storage | 1 query (ms) | batched, per query (ms) | 1 query per 100k (ms) | same top-10 |")
+    print("|---:|---|---|---:|---:|---:|---|")
+    for n in args.sizes:
+        emb = _unit(rng, n, args.dim)
+        queries = _unit(rng, args.batch, args.dim)
+        one = queries[:1]
+        engines = [("exact", "float32", lambda: ExactSearch(emb)),
+                   ("exact", "float16", lambda: ExactSearch(emb.astype(np.float16)))]
+        if faiss_available():
+            engines.append(("faiss", "float32", lambda: FaissSearch(emb)))
+        ref_rows = None
+        for name, storage, build in engines:
+            engine = build()
+            single = _time(lambda: engine.search(one, args.k), args.queries)
+            batched = _time(lambda: engine.search(queries, args.k), max(3, args.queries // 5)) / args.batch
+            _, rows = engine.search(queries, args.k)
+            if ref_rows is None:
+                ref_rows, same = rows, "reference"
+            else:
+                same = f"{(rows == ref_rows).all(axis=1).mean() * 100:.0f}% of queries"
+            print(f"| {n:,} | {name} | {storage} | {single * 1e3:.2f} | {batched * 1e3:.3f} | "
+                  f"{single * 1e3 * 100_000 / n:.2f} | {same} |", flush=True)
+            del engine
+        del emb
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
