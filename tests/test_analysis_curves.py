@@ -88,6 +88,7 @@ def test_run_curve_with_custom_evaluator_resumes(tmp_path):
 def world_and_checkpoints(tmp_path_factory):
     """A tiny synthetic world and three tiny random CLIP-ViP checkpoints (steps 0, 100, 200) with its tokenizer."""
     from clipvip.config import CLIPViPConfig
+    from clipvip.data.annotations import read_jsonl, write_jsonl
     from clipvip.data.synthetic import generate_world
     from clipvip.model.clipvip import CLIPViP
     from clipvip.tokenizer import load_tokenizer
@@ -99,12 +100,15 @@ def world_and_checkpoints(tmp_path_factory):
     for i, step in enumerate((0, 100, 200)):
         torch.manual_seed(i)
         CLIPViP(CLIPViPConfig.from_name("clipvip-tiny")).save_pretrained(run / f"step_{step:06d}", tokenizer=tok)
+    # All splits in one file, so the sweep trains and evaluates on every clip whatever the split sizes.
+    records = [r for path in (world.train, world.val, world.test) for r in read_jsonl(path)]
+    write_jsonl(records, world.root / "all.jsonl")
     recipe = root / "recipe.yaml"
     recipe.write_text(
         "model:\n  init: config:clipvip-tiny\n  num_frames: 4\n  max_length: 16\n"
-        f"data:\n  root: {world.root}\n  train: train.jsonl\n  test: train.jsonl\n  eval_batch_size: 4\n"
+        f"data:\n  root: {world.root}\n  train: all.jsonl\n  test: all.jsonl\n  eval_batch_size: 4\n"
         "optim:\n  lr: 1.0e-4\n  max_steps: 2\n  warmup_ratio: 0.0\n"
-        "run:\n  global_batch_size: 4\n  progress: false\n  select_on: test\n  device: cpu\n"
+        "run:\n  global_batch_size: 2\n  progress: false\n  select_on: test\n  device: cpu\n"
     )
     return world, run, recipe
 
@@ -135,7 +139,8 @@ def test_curve_cli_zero_shot_on_synthetic_world(world_and_checkpoints, tmp_path,
 
     model = CLIPViP.from_pretrained(run / "step_000100").eval()
     tok = load_tokenizer(run / "step_000100")
-    records = read_jsonl(world.train)
+    records = read_jsonl(world.root / "all.jsonl")
+    assert len(records) == 6
     texts = [t for rec in records for t in rec["texts"]]
     t2v = [i for i, rec in enumerate(records) for _ in rec["texts"]]
     transform = VideoTransform(32)
