@@ -8,6 +8,7 @@ Ties are broken by the lower row so the order is deterministic for either backen
 from __future__ import annotations
 
 import importlib.util
+import warnings
 from typing import Any
 
 import numpy as np
@@ -39,7 +40,9 @@ class ExactSearch:
             raise ValueError(f"embeddings must be [N, D], got shape {arr.shape}")
         if arr.dtype not in (np.float32, np.float16):
             arr = arr.astype(np.float32)
-        self.matrix = torch.from_numpy(np.ascontiguousarray(arr))
+        with warnings.catch_warnings():  # a read-only memory map is fine: the matrix is never written
+            warnings.simplefilter("ignore", UserWarning)
+            self.matrix = torch.from_numpy(np.ascontiguousarray(arr))
         self.n, self.dim = arr.shape
 
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
