@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import av
@@ -12,6 +13,7 @@ import torch
 import clipvip
 from clipvip.config import CLIPViPConfig
 from clipvip.pipeline import EncodeResult, VideoTextPipeline
+from conftest import asset
 
 # OpenAI CLIP's ids for this caption (shared/assets/README.md), padded with EOT to the 77-token context.
 CAPTION = "a person is connecting something to system"
@@ -36,13 +38,17 @@ def make_video(path: Path, seed: int, frames: int = 6, size: tuple[int, int] = (
     return path
 
 
-@pytest.fixture(scope="module")
-def tokenizer():
-    """Loaded once: building the 49k-entry CLIP tokenizer costs about a second."""
-    from conftest import asset
+@functools.lru_cache(maxsize=1)
+def shared_tokenizer():
+    """CLIP's tokenizer, built once per test session (about a second) and shared by the search tests."""
     from clipvip.tokenizer import load_tokenizer
 
     return load_tokenizer(asset("clip/bpe_simple_vocab_16e6.txt.gz"))
+
+
+@pytest.fixture
+def tokenizer():
+    return shared_tokenizer()
 
 
 @pytest.fixture

@@ -16,8 +16,8 @@ import pytest
 import clipvip
 from clipvip.search import index as index_mod
 from clipvip.search.index import ModelMismatchError, VideoIndex, build_index, thumb_name
-from conftest import REPO, asset
-from test_pipeline import make_video
+from conftest import REPO
+from test_pipeline import make_video, shared_tokenizer
 
 GOOD = ["a.mp4", "b.mkv", "sub/c.mp4", "sub/deeper/d.avi", "e.mov"]
 BAD = {"corrupt.mp4": "corrupt", "empty.mp4": "zero-byte", "notes.mp4": "not a video"}
@@ -25,10 +25,7 @@ BAD = {"corrupt.mp4": "corrupt", "empty.mp4": "zero-byte", "notes.mp4": "not a v
 
 @pytest.fixture(scope="module")
 def pipe():
-    from clipvip.tokenizer import load_tokenizer
-
-    return clipvip.load("clipvip-tiny", device="cpu",
-                        tokenizer=load_tokenizer(asset("clip/bpe_simple_vocab_16e6.txt.gz")))
+    return clipvip.load("clipvip-tiny", device="cpu", tokenizer=shared_tokenizer())
 
 
 def make_folder(root: Path, names: list[str] = GOOD, bad: bool = True) -> Path:

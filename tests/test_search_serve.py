@@ -19,17 +19,14 @@ import clipvip
 from clipvip.search.index import VideoIndex, build_index
 from clipvip.search.serve import make_server
 from clipvip.search.service import SearchService
-from conftest import asset
+from test_pipeline import shared_tokenizer
 from test_search_index import GOOD, make_folder
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    from clipvip.tokenizer import load_tokenizer
-
     tmp = tmp_path_factory.mktemp("serve")
-    pipe = clipvip.load("clipvip-tiny", device="cpu",
-                        tokenizer=load_tokenizer(asset("clip/bpe_simple_vocab_16e6.txt.gz")))
+    pipe = clipvip.load("clipvip-tiny", device="cpu", tokenizer=shared_tokenizer())
     videos = make_folder(tmp / "videos", GOOD, bad=True)
     (tmp / "secret.txt").write_text("outside the index")
     build_index(videos, tmp / "index", pipe, progress=False)
