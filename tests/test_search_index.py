@@ -102,6 +102,14 @@ def test_build_reports_bad_files_and_is_incremental(pipe, tmp_path: Path):
     stats = build_index(videos, out, pipe, batch_size=2, progress=False)
     assert stats.encoded_paths == ["empty.mp4"] and stats.failed == 2
 
+    # a bad file after the last good batch is remembered too: the next run does not retry it
+    make_video(videos / "f.mp4", seed=7)
+    (videos / "zz.mp4").write_bytes(b"\x00" * 64)
+    stats = build_index(videos, out, pipe, batch_size=2, progress=False)
+    assert stats.encoded_paths == ["f.mp4"] and stats.failed == 3
+    stats = build_index(videos, out, pipe, batch_size=2, progress=False, workers=1)
+    assert (stats.encoded, stats.commits, stats.failed) == (0, 0, 3)
+
 
 def test_refuses_another_model_unless_rebuild(pipe, tmp_path: Path):
     videos = make_folder(tmp_path / "videos", GOOD[:2], bad=False)

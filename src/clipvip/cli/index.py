@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="videos encoded (and committed to disk) together (default 8)")
     p.add_argument("--num-frames", type=int, default=None,
                    help="frames sampled uniformly per video (default: the model's temporal size)")
+    p.add_argument("--workers", type=int, default=2,
+                   help="threads decoding videos ahead of the encoder (default 2; 1 = no prefetch)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     p.add_argument("--rebuild", action="store_true",
                    help="drop the existing index content and re-encode everything (e.g. with a new model)")
@@ -44,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.workers < 1:
+        raise CLIError(f"--workers must be >= 1, got {args.workers}")
     if not Path(args.video_dir).is_dir():
         raise CLIError(f"{args.video_dir}: not a directory")
 
@@ -58,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
           file=sys.stderr)
     try:
         stats = build_index(args.video_dir, args.index, pipeline, batch_size=args.batch_size,
-                            rebuild=args.rebuild, progress=not args.no_progress,
+                            rebuild=args.rebuild, progress=not args.no_progress, workers=args.workers,
                             echo=lambda msg: print(f"warning: {msg}", file=sys.stderr))
     except IndexFormatError as exc:
         raise CLIError(str(exc)) from exc

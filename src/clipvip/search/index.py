@@ -24,14 +24,16 @@ import hashlib
 import logging
 import os
 import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from clipvip.search.storage import atomic_save_npy, atomic_write_json, read_json
+from clipvip.search.storage import atomic_save_npy, atomic_write_bytes, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -230,12 +232,14 @@ def build_index(
     rebuild: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
+    workers: int = 2,
 ) -> IndexStats:
     """Create or update the index of ``video_dir`` in ``index_dir`` with ``pipeline`` (see module doc).
 
     Raises ``ModelMismatchError`` when the index was built with another model (unless ``rebuild``), and
     ``IndexFormatError`` when it indexes another folder. Unreadable videos never stop the run: they are listed
-    in ``stats.failures`` and ``report.json``, and announced through ``echo``.
+    in ``stats.failures`` and ``report.json``, and announced through ``echo``. ``workers`` threads decode
+    ahead of the encoder (1 = decode inline).
     """
     t0 = time.perf_counter()
     echo = echo or (lambda msg: log.warning("%s", msg))
@@ -316,21 +320,18 @@ def build_index(
             _unlink(root / "thumbs" / thumb_name(rel))
 
     bar = _bar(len(todo), progress)
-    pending: list[tuple[str, os.stat_result, Any, float | None]] = []
+    pending: list[tuple[str, os.stat_result, Any, float | None, bytes | None]] = []
+    dirty = False  # failures recorded since the last commit
 
     def flush() -> None:
+        nonlocal dirty
         if not pending:
             return
-        vecs = pipeline.encode_frames([clip for _, _, clip, _ in pending]).numpy().astype(np.float32)
-        for (rel, st, clip, duration), vec in zip(pending, vecs):
-            thumb = thumb_name(rel)
-            try:
-                from clipvip.search.thumbs import write_thumbnail
-
-                write_thumbnail(root / "thumbs" / thumb, _middle(clip))
-            except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not lose the embedding
-                log.warning("no thumbnail for %s: %s", rel, exc)
-                thumb = None
+        vecs = pipeline.encode_frames([clip for _, _, clip, _, _ in pending]).numpy().astype(np.float32)
+        for (rel, st, _clip, duration, jpeg), vec in zip(pending, vecs):
+            thumb = thumb_name(rel) if jpeg else None
+            if jpeg:
+                atomic_write_bytes(root / "thumbs" / thumb, jpeg)
             entries[rel] = {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
                             "duration": duration, "model_id": pipeline.model_id, "row": -1, "thumb": thumb}
             vectors[rel] = vec
@@ -338,29 +339,26 @@ def build_index(
             stats.encoded += 1
             stats.encoded_paths.append(rel)
         writer.commit()
+        dirty = False
         bar.update(len(pending))
         pending.clear()
 
-    for rel in todo:
+    for rel, clip, duration, jpeg, reason in _prefetch(todo, video_root, pipeline, workers):
         st = found[rel]
-        full = video_root / rel
-        try:
-            clip = pipeline.decode(full)
-            duration = probe_duration(full)
-        except Exception as exc:  # noqa: BLE001 - any failure is a property of this file; keep going
-            reason = str(getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}")
+        if reason is not None:
             if rel in entries:  # it was good, it changed, and now it is bad: drop the stale vector
                 del entries[rel]
                 del vectors[rel]
             failures[rel] = {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "reason": reason}
-            echo(f"cannot index {full}: {reason}")
+            echo(f"cannot index {video_root / rel}: {reason}")
+            dirty = True
             bar.update(1)
             continue
-        pending.append((rel, st, clip, duration))
+        pending.append((rel, st, clip, duration, jpeg))
         if len(pending) >= batch_size:
             flush()
     flush()
-    if todo and not stats.encoded:  # only failures this run: still record them
+    if dirty:  # failures after the last batch: record them so the next run does not retry them
         writer.commit()
     bar.close()
 
@@ -382,6 +380,46 @@ def build_index(
     }
     atomic_write_json(root / "report.json", report)
     return stats
+
+
+def _prefetch(todo: list[str], video_root: Path, pipeline: Any, workers: int) -> Iterator[tuple]:
+    """Decode (+ duration + thumbnail) ahead of the encoder on ``workers`` threads, yielding in order.
+
+    PyAV releases the GIL while decoding, so threads overlap decoding with the model's forward pass. At
+    most ``2 * workers`` files are in flight, so memory stays bounded on huge folders.
+    """
+
+    def work(rel: str) -> tuple:
+        full = video_root / rel
+        try:
+            clip = pipeline.decode(full)
+        except Exception as exc:  # noqa: BLE001 - any failure is a property of this file; keep going
+            return rel, None, None, None, str(getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}")
+        try:
+            from clipvip.search.thumbs import thumbnail_jpeg
+
+            jpeg = thumbnail_jpeg(_middle(clip))
+        except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not lose the embedding
+            log.warning("no thumbnail for %s: %s", rel, exc)
+            jpeg = None
+        return rel, clip, probe_duration(full), jpeg, None
+
+    if workers <= 1:
+        yield from map(work, todo)
+        return
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
+        window: deque = deque()
+        items = iter(todo)
+        for rel in items:
+            window.append(pool.submit(work, rel))
+            if len(window) >= 2 * workers:
+                break
+        while window:
+            result = window.popleft().result()
+            nxt = next(items, None)
+            if nxt is not None:
+                window.append(pool.submit(work, nxt))
+            yield result
 
 
 def probe_duration(path: Path) -> float | None:
