@@ -23,8 +23,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smaller world and fewer steps: about 2 minutes instead of about 10 on 2 CPU cores")
     p.add_argument("--seed", type=int, default=0, help="seed of the world and of every training run [0]")
-    p.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads for the run (default: torch's choice); the tiny model runs well on 1-2")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch CPU threads for the run [1]: the tiny model's ops are too small to gain from more")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (stage headers still print)")
     p.set_defaults(func=handler)
 

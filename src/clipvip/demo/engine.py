@@ -93,9 +93,14 @@ def tokenize_texts(tokenizer: Any, texts: Sequence[str], max_length: int) -> Tex
 
 # ---------------------------------------------------------------------------------------------- tasks
 class Task:
-    """One training objective over in-memory data: ``loss(model, batch_index) -> (total, parts)``."""
+    """One training objective over in-memory data: ``loss(model, batch_index) -> (total, parts)``.
+
+    ``groups`` (optional) lists rows that should share a batch, e.g. the two clips of a reverse-order twin
+    pair: then batches are drawn group by group (see :func:`fit`).
+    """
 
     size: int
+    groups: list[list[int]] | None = None
 
     def loss(self, model: Any, index: Tensor, generator: torch.Generator) -> tuple[Tensor, dict[str, float]]:
         raise NotImplementedError
@@ -112,6 +117,7 @@ class PairTask(Task):
     clips: Tensor
     texts: TextBank
     text_rows: list[list[int]]
+    groups: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         self.size = int(self.clips.shape[0])
@@ -137,6 +143,7 @@ class OCLTask(Task):
     captions: TextBank
     has_caption: Tensor
     variant: str = "d"
+    groups: list[list[int]] | None = None
 
     def __post_init__(self) -> None:
         self.size = len(self.clips)
@@ -222,6 +229,26 @@ def score(metrics: dict[str, dict[str, float]]) -> float:
 
 
 # ---------------------------------------------------------------------------------------------- fit
+def _batches(task: Task, batch_size: int, generator: torch.Generator):
+    """Endless batches of row indices, without replacement within an epoch (a new permutation each epoch).
+
+    With ``task.groups``, whole groups are shuffled and packed into batches (a group never straddles two
+    batches), so the reverse-order twin of each clip is in its batch as a hard negative.
+    """
+    groups = task.groups or [[i] for i in range(task.size)]
+    while True:
+        batch: list[int] = []
+        for g in torch.randperm(len(groups), generator=generator).tolist():
+            members = groups[g]
+            if batch and len(batch) + len(members) > batch_size:
+                yield torch.tensor(batch)
+                batch = []
+            batch.extend(members)
+        # the incomplete last batch of an epoch is dropped (as drop_last), unless it is all there is
+        if len(batch) >= batch_size or len(groups) and len(batch) == task.size:
+            yield torch.tensor(batch)
+
+
 @dataclass
 class FitResult:
     """What a run returns: the history of validation evaluations, the best one, timing and loss trace."""
@@ -274,8 +301,7 @@ def fit(
     best_state: dict[str, Tensor] | None = None
     losses: list[float] = []
     start = time.perf_counter()
-    order = torch.randperm(task.size, generator=generator)
-    cursor = 0
+    batches = _batches(task, batch_size, generator)
 
     def run_eval(step: int) -> None:
         nonlocal best, best_state
@@ -293,11 +319,7 @@ def fit(
     model.train()
     bar = tqdm(range(1, steps + 1), desc=desc, unit="step", disable=not progress, leave=False)
     for step in bar:
-        if cursor + batch_size > task.size:
-            order = torch.randperm(task.size, generator=generator)
-            cursor = 0
-        index = order[cursor : cursor + batch_size]
-        cursor += batch_size
+        index = next(batches)
         total, parts = task.loss(model, index, generator)
         if not math.isfinite(float(total.detach())):
             raise FloatingPointError(f"{desc}: loss became {float(total.detach())} at step {step} (lr {lr} too high?)")

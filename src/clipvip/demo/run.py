@@ -103,14 +103,15 @@ def run_demo(
     *,
     settings: DemoSettings | None = None,
     echo: Echo | None = None,
-    threads: int | None = None,
+    threads: int | None = 1,
 ) -> dict[str, Any]:
     """Run the whole demo into ``out_dir`` and return the results (also written to ``results.json``).
 
     ``settings`` overrides the preset picked by ``quick`` (tests use smaller ones). ``threads`` sets
-    torch's intra-op threads for the run (the tiny model is faster on 1-2 threads than on many).
+    torch's intra-op threads for the run (default 1: the tiny model's ops are too small to
+    gain from more, and on a shared machine extra threads only wait for each other; None keeps torch's).
     """
-    from clipvip.demo.world import build_world
+    from clipvip.demo.world import build_world, twin_groups
 
     echo = echo or (lambda msg: print(msg, flush=True))
     settings = settings or preset(quick)
@@ -148,8 +149,9 @@ def run_demo(
         if val is None:
             echo("   warning: the world has no val clips; fine-tuning keeps the last step")
         train_rows = world.pair_rows("train")
+        # Batches hold both clips of a reverse-order twin pair (hard negatives that differ only in order).
         finetune_task = engine.PairTask(clips=world.splits["train"].clips, texts=world.splits["train"].texts,
-                                        text_rows=train_rows)
+                                        text_rows=train_rows, groups=twin_groups(world.split_records["train"]))
         chance = 100.0 / max(1, len(test.clips))
         results["chance_R1"] = round(chance, 2)
 
@@ -180,7 +182,8 @@ def run_demo(
             torch.manual_seed(seed)
             model = engine.inflate_image_model(image_model, video_config)
             task = engine.OCLTask(clips=world.pretrain, subtitles=world.subtitles, captions=world.captions,
-                                  has_caption=world.has_caption, variant=variant)
+                                  has_caption=world.has_caption, variant=variant,
+                                  groups=twin_groups(world.pretrain_records))
             fit = engine.fit(model, task, steps=steps, batch_size=settings.batch_size, lr=settings.pretrain_lr,
                              weight_decay=settings.weight_decay, seed=seed, desc=label, progress=progress)
             zs = engine.evaluate(model, test)
@@ -258,7 +261,7 @@ def run_demo(
         ocl_rows: dict[str, Any] = {}
         for variant in variants:
             state = copy.deepcopy(pretrained[variant].state_dict())
-            _, fit, metrics = finetune(state, "proxy", settings.ablation_finetune_steps,
+            _, fit, metrics = finetune(state, "proxy", settings.ocl_finetune_steps,
                                        f"ablation OCL {variant} fine-tune", 0)
             ocl_rows[variant] = {**pre_runs[variant], "finetuned_test": metrics}
             echo(f"   {variant:>2}: zero-shot {_brief(pre_runs[variant]['zero_shot_test'])}; "

@@ -44,6 +44,7 @@ class DemoSettings:
     # ablations
     ablation_pretrain_steps: int = 300
     ablation_finetune_steps: int = 150
+    ocl_finetune_steps: int = 100
     ablation_variants: tuple[str, ...] = ("a", "b", "c", "d")
     attention_modes: tuple[str, ...] = ("frame", "full", "proxy")
     weight_decay: float = 0.05
@@ -56,24 +57,25 @@ class DemoSettings:
 FULL = DemoSettings(
     name="full",
     num_videos=480,
-    image_steps=500,
-    pretrain_steps=500,
-    finetune_steps=500,
+    image_steps=400,
+    pretrain_steps=400,
+    finetune_steps=300,
     eval_every=50,
-    ablation_pretrain_steps=500,
-    ablation_finetune_steps=250,
+    ablation_pretrain_steps=400,
+    ablation_finetune_steps=300,
+    ocl_finetune_steps=150,
 )
 
 QUICK = DemoSettings(
     name="quick",
     num_videos=192,
-    batch_size=24,
-    image_steps=150,
-    pretrain_steps=120,
-    finetune_steps=150,
-    eval_every=50,
-    ablation_pretrain_steps=120,
-    ablation_finetune_steps=60,
+    image_steps=100,
+    pretrain_steps=80,
+    finetune_steps=120,
+    eval_every=40,
+    ablation_pretrain_steps=80,
+    ablation_finetune_steps=120,
+    ocl_finetune_steps=40,
 )
 
 

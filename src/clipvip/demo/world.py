@@ -65,6 +65,21 @@ def twins(records: list[dict[str, Any]]) -> list[int] | None:
     return out if any(r >= 0 for r in out) else None
 
 
+def twin_groups(records: list[dict[str, Any]]) -> list[list[int]] | None:
+    """Rows grouped by twin pair (a clip without its twin is a group of one), or None if unknown."""
+    twin = twins(records)
+    if twin is None:
+        return None
+    groups, seen = [], set()
+    for row, other in enumerate(twin):
+        if row in seen:
+            continue
+        group = [row] if other < 0 else sorted({row, other})
+        seen.update(group)
+        groups.append(group)
+    return groups
+
+
 @dataclass
 class DemoWorld:
     """Everything the demo trains and evaluates on, in memory."""

@@ -1,0 +1,142 @@
+"""`clipvip demo --quick`: it completes, writes every table, a loadable model and a working search index.
+
+The demo runs once per module (a module-scoped fixture running the real CLI); the checks then read its
+files. Independent references: the JSON tables are checked for structure and for values that must hold
+whatever the training did (ranks within bounds, chance level from the split size); search is checked
+through `clipvip.load` + the index on disk (the file-decoding path), not through the demo's in-memory
+evaluation that produced the tables.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+DIRECTIONS = ("t2v", "v2t", "t2v_dsl", "v2t_dsl")
+METRICS = ("R1", "R5", "R10", "MdR", "MnR")
+
+
+@pytest.fixture(scope="module")
+def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from clipvip.cli import main
+
+    out = tmp_path_factory.mktemp("demo") / "out"
+    status = main(["demo", "--quick", "--out", str(out), "--no-progress"])
+    assert status == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def results(demo_out: Path) -> dict:
+    return json.loads((demo_out / "results.json").read_text())
+
+
+def _check_metrics(m: dict, n_videos: int) -> None:
+    for d in DIRECTIONS:
+        assert set(METRICS) <= set(m[d]), d
+        assert 0.0 <= m[d]["R1"] <= m[d]["R5"] <= m[d]["R10"] <= 100.0
+        assert 1.0 <= m[d]["MdR"] and 1.0 <= m[d]["MnR"]
+    assert m["t2v"]["MdR"] <= n_videos  # a text can only rank among the test videos
+
+
+def test_results_hold_every_table(results: dict) -> None:
+    from clipvip.demo.report import TABLES
+
+    for table in TABLES:
+        assert table in results, f"results.json lacks the {table!r} table"
+    n = results["world"]["test_videos"]
+    assert results["chance_R1"] == pytest.approx(100.0 / n, abs=0.01)
+    for name, row in results["main"]["rows"].items():
+        _check_metrics(row, n)
+    assert set(results["attention_ablation"]) == {"frame", "full", "proxy"}
+    for row in results["attention_ablation"].values():
+        _check_metrics(row["test"], n)
+        assert 0.0 <= row["test"]["order"]["acc"] <= 100.0
+    assert set(results["ocl_ablation"]) == {"a", "b", "c", "d"}
+    for row in results["ocl_ablation"].values():
+        _check_metrics(row["zero_shot_test"], n)
+        _check_metrics(row["finetuned_test"], n)
+    assert len(results["aux_caption_ablation"]) == 2
+    for entry in results["domain_gap"].values():
+        names = entry["names"]
+        assert names == ["subtitles", "auxiliary captions", "downstream captions"]
+        matrix = entry["matrix"]
+        assert len(matrix) == 3 and all(len(r) == 3 for r in matrix)
+        for i in range(3):
+            for j in range(3):
+                if matrix[i][j] is not None:
+                    assert 0.0 <= matrix[i][j] <= 1.0
+                    assert matrix[i][j] == pytest.approx(matrix[j][i])
+    assert results["timings"]["total_s"] > 0
+
+
+def test_main_model_beats_chance(results: dict) -> None:
+    final = results["main"]["final"]
+    assert final["t2v"]["R1"] > 3 * results["chance_R1"]
+    assert final["t2v"]["R5"] > 3 * min(100.0, 5 * results["chance_R1"]) / 2
+
+
+def test_report_plots_and_model_written(demo_out: Path, results: dict) -> None:
+    report = (demo_out / "report.md").read_text()
+    for heading in ("## Main results", "## Ablation: attention", "## Ablation: OCL variants",
+                    "## Ablation: auxiliary captions", "## Language domain gap", "## Timings"):
+        assert heading in report
+    for name in ("val_r1.png", "nmi_stage0.png", "nmi_final.png", "retrieval_sheet.png"):
+        png = demo_out / "plots" / name
+        assert png.is_file() and png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+    assert (demo_out / "model" / "config.json").is_file()
+    assert (demo_out / "model" / "model.safetensors").is_file()
+
+
+def test_text_query_returns_matching_video_first(demo_out: Path, results: dict) -> None:
+    """Query the demo's index with the test captions through the saved model (``clipvip.load``): the
+    matching synthetic video comes first for some captions, and far more often than chance."""
+    from clipvip.demo.world import read_records, record_texts
+    from clipvip.search.service import SearchService
+
+    service = SearchService(demo_out / "index")
+    assert len(service) == results["world"]["test_videos"]
+    records = read_records(demo_out / "world" / "test.jsonl")
+    hits = total = 0
+    first_hit = None
+    for rec in records:
+        expected = Path(rec["video"]).name
+        for text in record_texts(rec):
+            top = service.search(text, k=3)
+            total += 1
+            if top[0]["path"] == expected:
+                hits += 1
+                first_hit = first_hit or (text, expected)
+    assert first_hit is not None, "no test caption returned its own video first"
+    assert 100.0 * hits / total > 3 * results["chance_R1"]
+    # the CLI answers the same query with the same first video
+    from clipvip.cli import main
+
+    text, expected = first_hit
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["search", str(demo_out / "index"), text, "-k", "1", "--json"]) == 0
+    assert expected in buf.getvalue()
+
+
+def test_saved_model_reloads_with_same_scores(demo_out: Path) -> None:
+    """``clipvip.load(out/model)`` embeds the same test video the same way twice and the index holds it."""
+    import numpy as np
+
+    from clipvip.pipeline import load
+    from clipvip.search.index import VideoIndex
+
+    index = VideoIndex.open(demo_out / "index")
+    pipe = load(str(demo_out / "model"), device="cpu")
+    assert pipe.model_id == index.model_id
+    row = 0
+    res = pipe.encode_video_files([str(index.video_path(row))])
+    assert not res.failures
+    np.testing.assert_allclose(np.asarray(res.embeddings)[0], np.asarray(index.embeddings)[row], atol=1e-5)
