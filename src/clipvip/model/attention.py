@@ -18,12 +18,15 @@ Three ways to compute it, one set of weights:
   ``T·L·(M+L)`` and proxy queries ``M·N`` score entries instead of ``N²``.
 * ``"full"``: dense attention over all N tokens without a mask (the paper's ablation).
 
-Why two code paths for the patch queries (see docs/model.md for the measurements): a patch query's keys are
-``[M proxies ; L frame patches]``. ``"sdpa"`` concatenates the (broadcast) proxy keys/values in front of each
-frame's keys/values and calls ``scaled_dot_product_attention`` once over the batch ``B·T``; this copies the
-frame keys/values once per layer (memory-bound, O(T·L·D), next to O(T·L·D²) of projections). ``"split"``
-never copies: it computes the two score blocks (patch·proxyᵀ via broadcasting, patch·frameᵀ per frame)
-and takes one joint softmax by hand. Both are exact; :data:`PROXY_IMPL` selects the default.
+Why two code paths for the patch queries (measurements in docs/model.md): a patch query's keys are
+``[M proxies ; L frame patches]``. ``"sdpa"`` (default) broadcasts the proxy keys/values over frames with
+``expand``, concatenates them in front of each frame's keys/values and calls
+``scaled_dot_product_attention`` once over the batch ``B·T``; the concatenation copies the keys/values once
+per layer (memory-bound, O(T·L·D), next to the O(T·L·D²) projections), and SDPA's fused kernel never
+stores the scores. ``"split"`` avoids the concatenation: two score blocks (patch·proxyᵀ by broadcasting,
+patch·frameᵀ per frame) and one joint softmax by hand. It is not copy-free either: a 4-D ``matmul`` folds
+the (B·T, H) batch dims, whose strides do not merge, so it copies q, k and v; and it stores the L×L
+probabilities for backward. Both are exact; :data:`PROXY_IMPL` selects the default.
 """
 
 from __future__ import annotations
@@ -53,7 +56,7 @@ class TokenLayout:
         return self.num_proxies + self.num_frames * self.patches_per_frame
 
 
-@lru_cache(maxsize=16)
+@lru_cache(maxsize=4)
 def _cached_mask(num_proxies: int, num_frames: int, patches: int, device: str) -> Tensor:
     m, t, l = num_proxies, num_frames, patches
     n = m + t * l
@@ -115,11 +118,15 @@ class CLIPAttention(nn.Module):
 
         # Proxy queries see every token: scores against the proxies and against all T·L patches, as two
         # blocks of one softmax. Only M query rows, so this is cheap whatever T is.
+        # kf/vf as [B, H, T·L, d] views of the projection outputs. A 4-D matmul would fold (B, H) into one
+        # batch dim and copy them (their strides do not merge), so the products run per video as 3-D bmm.
         kf_seq = kf.transpose(1, 2).reshape(b, t * l, self.num_heads, self.head_dim).transpose(1, 2)
         vf_seq = vf.transpose(1, 2).reshape(b, t * l, self.num_heads, self.head_dim).transpose(1, 2)
-        scores = torch.cat([qp @ kp.transpose(-1, -2), qp @ kf_seq.transpose(-1, -2)], dim=-1) * self.scale
+        s_f = torch.stack([qp[i] @ kf_seq[i].transpose(-1, -2) for i in range(b)])  # [B, H, M, T·L]
+        scores = torch.cat([qp @ kp.transpose(-1, -2), s_f], dim=-1) * self.scale
         probs = F.dropout(scores.softmax(dim=-1), self._drop(), self.training)
-        out_p = probs[..., :m] @ vp + probs[..., m:] @ vf_seq  # [B, H, M, d]
+        p_f = probs[..., m:]
+        out_p = probs[..., :m] @ vp + torch.stack([p_f[i] @ vf_seq[i] for i in range(b)])  # [B, H, M, d]
 
         if PROXY_IMPL == "split":
             out_f = self._patch_queries_split(qf, kp, vp, kf, vf, layout)
