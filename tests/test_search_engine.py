@@ -51,7 +51,7 @@ def test_float16_storage_ranks_like_reference_on_rounded_vectors():
     scores, rows = ExactSearch(emb16).search(q, 10)
     ref_scores, ref_rows = _reference_topk(emb16.astype(np.float32), q, 10)
     assert rows[0].tolist() == ref_rows
-    np.testing.assert_allclose(scores[0], ref_scores, atol=1e-5)
+    np.testing.assert_allclose(scores[0], ref_scores, atol=2e-3)  # float16 rounding of the scores
 
 
 def test_ties_are_ordered_by_row():
