@@ -103,13 +103,9 @@ def _single_process_reference(total: int) -> tuple[torch.Tensor, dict[str, torch
 @pytest.mark.slow
 def test_two_gloo_ranks_equal_one_process(tmp_path):
     """Equal (3+3) and unequal (3+2) local batches; OCL variant d with a has_caption mask."""
-    # fork: a spawned child re-imports torch, which costs seconds per process on a busy 2-core machine.
-    # The workers set one intra-op thread first, so the parent's OpenMP pool is never used after the fork.
-    # DDP's constructor lazily imports torch._dynamo (~4 s); importing it once here serves both children.
-    import torch._dynamo  # noqa: F401
-    torch.multiprocessing.start_processes(
-        _worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True, start_method="fork"
-    )
+    # spawn, not fork: a child forked from a pytest process whose OpenMP pool has already run (other
+    # tests) can deadlock in its first parallel op.
+    torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     for layout, sizes in sorted(SIZES.items()):
         _check_layout(tmp_path, layout, sizes)
 
