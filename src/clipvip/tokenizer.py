@@ -71,19 +71,14 @@ def _write_tokenizer_files(vocab: list[str], merges: Sequence[tuple[str, str]], 
 
 
 def _from_files(directory: Path, max_length: int) -> Any:
-    from transformers import CLIPTokenizer
-
-    cls = getattr(__import__("transformers"), "CLIPTokenizerFast", CLIPTokenizer)
-    return cls(vocab=str(directory / "vocab.json"), merges=str(directory / "merges.txt"),
-               model_max_length=max_length) if _v5() else cls(
-        vocab_file=str(directory / "vocab.json"), merges_file=str(directory / "merges.txt"),
-        model_max_length=max_length)
-
-
-def _v5() -> bool:
+    """A fast CLIP tokenizer from ``vocab.json`` + ``merges.txt`` (transformers 5 takes ``vocab``/``merges``,
+    4.x ``vocab_file``/``merges_file``)."""
     import transformers
 
-    return int(transformers.__version__.split(".")[0]) >= 5
+    vocab, merges = str(directory / "vocab.json"), str(directory / "merges.txt")
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        return transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+    return transformers.CLIPTokenizerFast(vocab_file=vocab, merges_file=merges, model_max_length=max_length)
 
 
 def bpe_to_tokenizer_dir(bpe_path: str | Path, out_dir: str | Path | None = None) -> Path:

@@ -8,7 +8,6 @@ which is how users ended up fine-tuning from random patch embeddings ("R@1 = 0",
 from __future__ import annotations
 
 import json
-import logging
 import os
 import shutil
 import tempfile
@@ -21,8 +20,6 @@ from torch import Tensor
 
 from clipvip.config import CLIPViPConfig
 from clipvip.model.clipvip import CLIPViP
-
-log = logging.getLogger(__name__)
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
