@@ -37,7 +37,13 @@ def test_groups_without_prefix():
     groups = optim.param_groups(Toy(), weight_decay=0.2, lr=1e-6)
     assert _names(groups) == [
         ["encoder.fc.weight", "encoder.layer_norm1.weight"],
-        ["encoder.LayerNorm.bias", "encoder.LayerNorm.weight", "encoder.fc.bias", "encoder.layer_norm1.bias", "logit_scale"],
+        [
+            "encoder.LayerNorm.bias",
+            "encoder.LayerNorm.weight",
+            "encoder.fc.bias",
+            "encoder.layer_norm1.bias",
+            "logit_scale",
+        ],
     ]
     assert [g["weight_decay"] for g in groups] == [0.2, 0.0]
     assert [g["lr"] for g in groups] == [1e-6, 1e-6]
