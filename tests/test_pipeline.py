@@ -174,3 +174,10 @@ def test_clear_errors(tmp_path: Path):
         clipvip.load(junk)
     with pytest.raises(ValueError, match="clipvip-tiny@seedx"):
         clipvip.load("clipvip-tiny@seedx")
+
+
+def test_our_directory_without_tokenizer_files_says_so(tiny: VideoTextPipeline, tmp_path: Path):
+    tiny.model.save_pretrained(tmp_path / "bare")
+    with pytest.raises(ValueError, match="holds no tokenizer files"):
+        clipvip.load(tmp_path / "bare")
+    assert clipvip.load(tmp_path / "bare", tokenizer=tiny.tokenizer).model_id == tiny.model_id

@@ -123,6 +123,17 @@ def test_refuses_another_model_unless_rebuild(pipe, tmp_path: Path):
     assert len(list(out.glob("embeddings-*.npy"))) == 1
 
 
+def test_damaged_index_files_are_named_in_the_error(pipe, tmp_path: Path):
+    videos = make_folder(tmp_path / "videos", GOOD[:1], bad=False)
+    out = tmp_path / "index"
+    build_index(videos, out, pipe, progress=False)
+    (out / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="manifest.json"):
+        VideoIndex.open(out)
+    with pytest.raises(ValueError, match="not a clipvip index"):
+        VideoIndex.open(tmp_path / "videos")
+
+
 def test_crash_at_any_commit_step_leaves_a_loadable_index(pipe, tmp_path: Path, monkeypatch):
     """Simulated kills: between the embeddings file and the manifest, and right after a commit."""
     videos = make_folder(tmp_path / "videos", [f"v{i:02d}.mp4" for i in range(7)], bad=False)
