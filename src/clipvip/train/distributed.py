@@ -195,11 +195,16 @@ def gather_with_grad(x: Tensor) -> Tensor:
 def gather(x: Tensor) -> Tensor:
     """All ranks' ``x`` concatenated along dim 0, without gradient (evaluation features, ids, masks).
 
-    Works for any dtype, including bool (sent as uint8 because some backends lack bool collectives).
+    Works for any dtype, including bool (sent as uint8 because some backends lack bool collectives), and
+    for CPU tensors under NCCL (sent through the current CUDA device, returned on the CPU).
     """
     if not is_distributed() or world_size() == 1:
         return x
+    home = x.device
     is_bool = x.dtype == torch.bool
     t = x.to(torch.uint8) if is_bool else x
+    if dist.get_backend() == "nccl" and t.device.type != "cuda":
+        t = t.cuda()
     out = _all_gather_padded(t, _gather_sizes(t.shape[0], t.device))
+    out = out.to(home)
     return out.to(torch.bool) if is_bool else out
