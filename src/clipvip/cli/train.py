@@ -22,8 +22,9 @@ def register(subparsers: Any) -> None:
                     "A run folder that already holds last/ is resumed (run.resume=auto).",
     )
     p.add_argument("config", help="YAML recipe, e.g. configs/msrvtt_b32.yaml")
-    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
-                   help="recipe overrides as section.key=value (sections: model, data, optim, run)")
+    p.add_argument("overrides", nargs=argparse.REMAINDER, metavar="KEY=VALUE",
+                   help="recipe overrides as section.key=value (sections: model, data, optim, run); "
+                        "--print-config may also follow them")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved recipe (after overrides) as YAML and exit without training")
     p.set_defaults(func=_handler)
@@ -33,11 +34,16 @@ def _handler(args: argparse.Namespace) -> int:
     from clipvip.cli import CLIError
     from clipvip.train.config import ConfigError, load_config
 
+    overrides = [o for o in args.overrides if o != "--print-config"]
+    print_config = args.print_config or len(overrides) != len(args.overrides)
+    bad = [o for o in overrides if o.startswith("-")]
+    if bad:
+        raise CLIError(f"unknown option {bad[0]!r} among the overrides (overrides look like section.key=value)")
     try:
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config, overrides)
     except ConfigError as exc:
         raise CLIError(str(exc)) from None
-    if args.print_config:
+    if print_config:
         print(cfg.to_yaml(), end="")
         return 0
     from clipvip.metrics import format_table
