@@ -114,7 +114,9 @@ def render_report(results: dict[str, Any], files: dict[str, str], out: Path) -> 
         "",
         f"Preset **{demo['preset']}**, seed {demo['seed']}, {demo['date']}, "
         f"{demo['machine']['platform']}, {demo['machine']['cpus']} CPUs, torch {demo['machine']['torch']} "
-        f"({demo['machine']['torch_threads']} threads). Total time **{results['timings']['total_s']:.0f} s**.",
+        f"({demo['machine']['torch_threads']} threads). Total time **{results['timings']['total_s']:.0f} s** "
+        f"wall, {results['timings'].get('cpu_s', float('nan')):.0f} s CPU of this process (wall time on a shared "
+        "machine mostly measures the neighbours).",
         "",
         "World: " + ", ".join(f"{k} {v}" for k, v in results["world"].items() if k != "root") +
         f". Frames {s['num_frames']} × {s['image_size']}×{s['image_size']}; chance R@1 on test = {chance:.1f}.",
