@@ -10,14 +10,16 @@ evaluation that produced the tables.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
 
-pytestmark = pytest.mark.slow
-
 DIRECTIONS = ("t2v", "v2t", "t2v_dsl", "v2t_dsl")
 METRICS = ("R1", "R5", "R10", "MdR", "MnR")
+
+
+slow = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +45,7 @@ def _check_metrics(m: dict, n_videos: int) -> None:
     assert m["t2v"]["MdR"] <= n_videos  # a text can only rank among the test videos
 
 
+@slow
 def test_results_hold_every_table(results: dict) -> None:
     from clipvip.demo.report import TABLES
 
@@ -74,12 +77,14 @@ def test_results_hold_every_table(results: dict) -> None:
     assert results["timings"]["total_s"] > 0
 
 
+@slow
 def test_main_model_beats_chance(results: dict) -> None:
     final = results["main"]["final"]
     assert final["t2v"]["R1"] > 3 * results["chance_R1"]
     assert final["t2v"]["R5"] > 3 * min(100.0, 5 * results["chance_R1"]) / 2
 
 
+@slow
 def test_report_plots_and_model_written(demo_out: Path, results: dict) -> None:
     report = (demo_out / "report.md").read_text()
     for heading in ("## Main results", "## Ablation: attention", "## Ablation: OCL variants",
@@ -92,6 +97,7 @@ def test_report_plots_and_model_written(demo_out: Path, results: dict) -> None:
     assert (demo_out / "model" / "model.safetensors").is_file()
 
 
+@slow
 def test_text_query_returns_matching_video_first(demo_out: Path, results: dict) -> None:
     """Query the demo's index with the test captions through the saved model (``clipvip.load``): the
     matching synthetic video comes first for some captions, and far more often than chance."""
@@ -126,6 +132,7 @@ def test_text_query_returns_matching_video_first(demo_out: Path, results: dict) 
     assert expected in buf.getvalue()
 
 
+@slow
 def test_saved_model_reloads_with_same_scores(demo_out: Path) -> None:
     """``clipvip.load(out/model)`` embeds the same test video the same way twice and the index holds it."""
     import numpy as np
@@ -140,3 +147,57 @@ def test_saved_model_reloads_with_same_scores(demo_out: Path) -> None:
     res = pipe.encode_video_files([str(index.video_path(row))])
     assert not res.failures
     np.testing.assert_allclose(np.asarray(res.embeddings)[0], np.asarray(index.embeddings)[row], atol=1e-5)
+
+
+# ---------------------------------------------------------------------------------------------- fast unit tests
+def test_order_accuracy_hand_worked() -> None:
+    """Two clips that are twins; three captions: a win, a loss and a tie (counts half) -> 50 %."""
+    import torch
+
+    from clipvip.demo.engine import order_accuracy
+
+    sim = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.5, 0.5]])
+    assert order_accuracy(sim, [0, 1, 0], [1, 0]) == pytest.approx(100.0 * (1 + 0 + 0.5) / 3)
+    assert math.isnan(order_accuracy(sim, [0, 1, 0], [-1, -1]))  # no twins: undefined
+
+
+def test_batches_keep_twins_together() -> None:
+    import torch
+
+    from clipvip.demo.engine import Task, _batches
+    from clipvip.demo.world import twin_groups
+
+    records = [{"video": f"videos/vid{i:05d}.mp4", "id": f"vid{i:05d}"} for i in (0, 1, 2, 3, 4, 5, 8)]
+    groups = twin_groups(records)
+    assert groups == [[0, 1], [2, 3], [4, 5], [6]]
+    task = Task()
+    task.size, task.groups = len(records), groups
+    gen = _batches(task, 4, torch.Generator().manual_seed(0))
+    for _ in range(10):
+        batch = next(gen).tolist()
+        assert len(batch) <= 4
+        for g in groups:
+            assert set(g) <= set(batch) or not set(g) & set(batch)
+
+
+def test_inflated_model_matches_image_model_in_frame_mode() -> None:
+    """Inflation copies every CLIP weight: in `frame` mode (no proxies, no temporal table) the video model
+    is the image model applied per frame, so both give identical features; texts are identical too."""
+    import torch
+
+    from clipvip.config import CLIPViPConfig
+    from clipvip.demo.engine import inflate_image_model
+    from clipvip.model.clipvip import CLIPViP
+
+    image_cfg = CLIPViPConfig.from_name("clipvip-tiny", num_proxies=1, temporal_size=4, text={"vocab_size": 300})
+    image = CLIPViP(image_cfg).eval()
+    video = inflate_image_model(image, image_cfg.replace(num_proxies=4)).eval()
+    assert video.vision_model.embeddings.added_cls.shape[0] == 3
+    assert torch.count_nonzero(video.vision_model.embeddings.temporal_embedding) == 0
+    x = torch.randn(2, 4, 3, 32, 32)
+    ids = torch.randint(0, 299, (2, 7))
+    with torch.no_grad():
+        image.set_attention("frame")
+        video.set_attention("frame")
+        torch.testing.assert_close(video.encode_video(x), image.encode_video(x))
+        torch.testing.assert_close(video.encode_text(ids), image.encode_text(ids))
