@@ -433,23 +433,24 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             state["step"] += 1
             state["step_in_epoch"] += 1
             seen += cfg.run.global_batch_size
-            if not math.isfinite(float(loss)):
-                raise FloatingPointError(f"loss is {float(loss)} at step {state['step']}; lower optim.lr or "
+            loss_value = float(loss.detach())
+            if not math.isfinite(loss_value):
+                raise FloatingPointError(f"loss is {loss_value} at step {state['step']}; lower optim.lr or "
                                          f"use run.precision=fp32")
             if main:
                 bar.update(1)
                 if state["step"] % max(1, cfg.run.log_every) == 0 or state["step"] == 1:
                     lr = optimizer.param_groups[-1]["lr"]
-                    scalars.add("train/loss", float(loss), state["step"])
+                    scalars.add("train/loss", loss_value, state["step"])
                     scalars.add("train/lr", lr, state["step"])
                     scalars.add("train/temperature", float(model.logit_scale.exp()), state["step"])
                     if grad_norm is not None:
                         scalars.add("train/grad_norm", float(grad_norm), state["step"])
                     for name, value in terms.items():
-                        scalars.add(f"train/loss_{name}", float(value), state["step"])
+                        scalars.add(f"train/loss_{name}", float(value.detach()), state["step"])
                     rate = seen / max(1e-9, time.time() - t_start)
                     scalars.add("train/pairs_per_s", rate, state["step"])
-                    bar.set_postfix(loss=f"{float(loss):.4f}", lr=f"{lr:.2e}", pairs_s=f"{rate:.1f}")
+                    bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{lr:.2e}", pairs_s=f"{rate:.1f}")
             end_of_epoch = state["step_in_epoch"] >= sampler.num_batches
             if end_of_epoch:
                 state["epoch"] += 1
