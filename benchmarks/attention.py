@@ -7,7 +7,7 @@ the ratio to ``"masked"`` and peak memory. Modes are timed round-robin in one pr
 numbers, on a shared machine.
 
 Peak memory: on CUDA ``torch.cuda.max_memory_allocated``; on CPU the growth of the resident-set high-water
-mark (``ru_maxrss``) in a fresh subprocess per configuration (forward first, then forward + backward, so the
+mark (``VmHWM``) in a fresh subprocess per configuration (forward first, then forward + backward, so the
 high-water mark is meaningful for both).
 
     python benchmarks/attention.py                          # CPU, fp32, 2 layers, T in 4 12 16 32 64
@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import json
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -118,18 +117,26 @@ def peak_memory_cuda(s: Setting, mode: str) -> dict[str, float]:
     return out
 
 
+def _status_mib(field: str) -> float:
+    """A memory field of /proc/self/status in MiB. ``VmHWM`` belongs to this process image, whereas
+    ``ru_maxrss`` keeps the parent's RSS across fork + exec and would swamp the measurement."""
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f"{field} not in /proc/self/status (peak memory on CPU needs Linux)")
+
+
 def peak_memory_cpu_child(s: Setting, mode: str) -> dict[str, float]:
     """Runs in a fresh process: RSS high-water growth over the model and input, in MiB."""
     torch.set_num_threads(torch.get_num_threads())
     model, x = build(s, mode)
     step(model, x[:, :1], True)  # library start-up (thread pools, oneDNN scratch) out of the measurement
-    page = resource.getpagesize()
-    with open("/proc/self/statm") as fh:  # current RSS, not the high-water mark left by start-up
-        base = int(fh.read().split()[1]) * page / 2**20
+    base = _status_mib("VmRSS")  # current RSS after start-up
     out = {}
     for key, backward in (("fwd", False), ("train", True)):
         step(model, x, backward)
-        out[key] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base  # KiB -> MiB on Linux
+        out[key] = _status_mib("VmHWM") - base
     return out
 
 
@@ -150,7 +157,8 @@ def main(argv: list[str] | None = None) -> int:
                    help="comma list of modes; proxy-split is proxy with the copy-free two-block softmax")
     p.add_argument("--layers", type=int, default=2, help="encoder layers (12 in the real model)")
     p.add_argument("--batch", type=int, default=1, help="videos per batch")
-    p.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round; best kept")
+    p.add_argument("--repeats", type=int, default=3,
+                   help="timed rounds after one warm-up round, best kept; 0 skips timing (memory only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu", help="cpu or cuda")
     p.add_argument("--dtype", default="fp32", choices=sorted(DTYPES), help="parameter and input dtype")
     p.add_argument("--clock", default="wall", choices=["wall", "cpu"],
@@ -190,7 +198,10 @@ def main(argv: list[str] | None = None) -> int:
                       f"tensors > --mem-limit-gb | | | | | |")
             if not run:
                 continue
-            times = time_modes(s, run, args.repeats, args.clock)
+            if args.repeats > 0:
+                times = time_modes(s, run, args.repeats, args.clock)
+            else:
+                times = {m: {"fwd": float("nan"), "train": float("nan")} for m in run}
             for mode in run:
                 mem = {"fwd": float("nan"), "train": float("nan")}
                 if not args.no_memory:
