@@ -23,6 +23,7 @@ GPU (the lent H100/H200 run: full B/32 and B/16 in bf16, largest batch that fits
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import os
@@ -103,6 +104,11 @@ class RssSampler:
         return (self.peak - self.base) / 2**20
 
 
+def autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Autocast for bf16/fp16; nothing for fp32 (CUDA autocast does not accept fp32 as a target)."""
+    return contextlib.nullcontext() if dtype is None else torch.autocast(device.type, dtype=dtype)
+
+
 def make_batch(model: Any, args: argparse.Namespace, batch: int, device: torch.device) -> dict[str, torch.Tensor]:
     cfg = model.config
     s = cfg.vision.image_size
@@ -120,7 +126,7 @@ def train_step(model: Any, optimizer: torch.optim.Optimizer, batch: dict[str, to
                device: torch.device, dtype: torch.dtype | None) -> float:
     from clipvip.losses import clamp_logit_scale_, info_nce
 
-    with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with autocast(device, dtype):
         v = model.encode_video(batch["pixel_values"])
         t = model.encode_text(batch["input_ids"], batch["attention_mask"])
     loss = info_nce(v.float(), t.float(), model.logit_scale)
@@ -147,7 +153,7 @@ def saved_activation_mb(model: Any, batch: dict[str, torch.Tensor], device: torc
 
     params = {p.untyped_storage().data_ptr() for p in model.parameters()}
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        with autocast(device, dtype):
             v = model.encode_video(batch["pixel_values"])
             t = model.encode_text(batch["input_ids"], batch["attention_mask"])
         loss = (v.float() @ t.float().T).sum()

@@ -15,6 +15,7 @@ pessimistic, never silently optimistic.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -119,7 +120,7 @@ def encode_texts(model: Any, tokenizer: Any, texts: Sequence[str], *, max_length
 
 def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
     if dtype is None or dtype == torch.float32:
-        return torch.autocast(device.type, enabled=False)
+        return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
 
 

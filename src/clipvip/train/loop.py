@@ -15,6 +15,7 @@ One code path serves a single CPU process and ``torchrun`` + DDP (gloo on CPU, n
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import os
@@ -130,6 +131,13 @@ def _autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "fp16" and device.type != "cuda":
         raise ConfigError("run.precision=fp16 needs a CUDA device (use bf16 or fp32 on CPU)")
     return torch.bfloat16 if precision == "bf16" else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
+    """Autocast to ``dtype`` on ``device``; a plain no-op context for fp32 (CUDA autocast rejects fp32)."""
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
 
 
 def _seed_all(seed: int) -> None:
@@ -412,7 +420,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
                 state["it_epoch"], state["it_step_in_epoch"], image_batch = next(it_iter)
                 image_batch.pop("failures", None)
                 image_batch = move_to(image_batch, device, non_blocking=True)
-            with torch.autocast(device.type, dtype=amp_dtype or torch.float32, enabled=amp_dtype is not None):
+            with _autocast(device, amp_dtype):
                 feats = net(batch, image_batch)
             gathered = {k: dist_utils.gather_with_grad(v.float()) for k, v in feats.items()}
             gbatch = dict(batch)
