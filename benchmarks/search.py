@@ -36,15 +36,18 @@ def _unit(rng: np.random.Generator, n: int, d: int, chunk: int = 100_000) -> np.
     return out
 
 
-def _time(fn, repeats: int) -> float:
-    """Median seconds of ``repeats`` calls after one warm-up call."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def _interleaved(fns: dict[str, object], repeats: int) -> dict[str, float]:
+    """Median seconds per call of each function, timed round-robin so that load from other processes on a
+    shared machine hits every backend alike (one warm-up call each first)."""
+    for fn in fns.values():
         fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: statistics.median(ts) for name, ts in times.items()}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -55,7 +58,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--queries", type=int, default=20, help="single queries timed per setting (median)")
     ap.add_argument("--batch", type=int, default=64, help="queries per batched search")
     ap.add_argument("-k", type=int, default=10, help="results per query")
+    ap.add_argument("--threads", type=int, default=None,
+                    help="torch and FAISS threads (default: torch's default, the number of cores)")
     args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+        if faiss_available():
+            import faiss
+
+            faiss.omp_set_num_threads(args.threads)
 
     rng = np.random.default_rng(0)
     print(f"# search benchmark: dim {args.dim}, k {args.k}, {platform.processor() or platform.machine()}, "
@@ -68,23 +79,23 @@ def main(argv: list[str] | None = None) -> int:
         emb = _unit(rng, n, args.dim)
         queries = _unit(rng, args.batch, args.dim)
         one = queries[:1]
-        engines = [("exact", "float32", lambda: ExactSearch(emb)),
-                   ("exact", "float16", lambda: ExactSearch(emb.astype(np.float16)))]
+        engines = {"exact float32": ExactSearch(emb), "exact float16": ExactSearch(emb.astype(np.float16))}
         if faiss_available():
-            engines.append(("faiss", "float32", lambda: FaissSearch(emb)))
-        ref_rows = None
-        for name, storage, build in engines:
-            engine = build()
-            single = _time(lambda: engine.search(one, args.k), args.queries)
-            batched = _time(lambda: engine.search(queries, args.k), max(3, args.queries // 5)) / args.batch
+            engines["faiss float32"] = FaissSearch(emb)
+        single = _interleaved({n_: (lambda e=e: e.search(one, args.k)) for n_, e in engines.items()},
+                              args.queries)
+        batched = _interleaved({n_: (lambda e=e: e.search(queries, args.k)) for n_, e in engines.items()},
+                               max(3, args.queries // 5))
+        _, ref_rows = engines["exact float32"].search(queries, args.k)
+        for label, engine in engines.items():
+            name, storage = label.split()
             _, rows = engine.search(queries, args.k)
-            if ref_rows is None:
-                ref_rows, same = rows, "reference"
-            else:
-                same = f"{(rows == ref_rows).all(axis=1).mean() * 100:.0f}% of queries"
-            print(f"| {n:,} | {name} | {storage} | {single * 1e3:.2f} | {batched * 1e3:.3f} | "
-                  f"{single * 1e3 * 100_000 / n:.2f} | {same} |", flush=True)
-            del engine
+            same = ("reference" if label == "exact float32"
+                    else f"{(rows == ref_rows).all(axis=1).mean() * 100:.0f}% of queries")
+            print(f"| {n:,} | {name} | {storage} | {single[label] * 1e3:.2f} | "
+                  f"{batched[label] * 1e3 / args.batch:.3f} | {single[label] * 1e3 * 100_000 / n:.2f} | {same} |",
+                  flush=True)
+        del engines
         del emb
     return 0
 

@@ -47,6 +47,7 @@ def _rows(index_dir: Path) -> dict[str, np.ndarray]:
     return {e.path: np.asarray(idx.embeddings[e.row]) for e in idx.entries}
 
 
+@pytest.mark.slow
 def test_build_reports_bad_files_and_is_incremental(pipe, tmp_path: Path):
     videos = make_folder(tmp_path / "videos")
     out = tmp_path / "index"

@@ -15,8 +15,10 @@ import numpy as np
 import torch
 
 BACKENDS = ("auto", "exact", "faiss")
-# Below this many vectors the torch matmul is as fast as FAISS and needs no extra copy of the matrix.
-FAISS_MIN_ROWS = 200_000
+# `auto` picks FAISS from this many vectors on. Below it the torch matmul measured as fast or faster than
+# IndexFlatIP on our 2-core machine (docs/benchmarks.md, "Search", up to 1M vectors); beyond it the matmul's
+# full [Q, N] score matrix gets large, while FAISS keeps only per-query heaps.
+FAISS_MIN_ROWS = 5_000_000
 
 
 def faiss_available() -> bool:
@@ -48,7 +50,8 @@ class ExactSearch:
 
         A float16 matrix is multiplied as float16: search over one matrix is bound by memory bandwidth,
         so reading half the bytes is ~1.7x faster, while upcasting chunks on the CPU is ~10x slower
-        (measured; benchmarks/search.py). Scores then carry float16 rounding (about 1e-4 on cosines).
+        (measured; benchmarks/search.py). These scores carry float16 rounding (about 1e-4 on cosines);
+        :meth:`search` re-scores the best candidates in float32.
         """
         if self.matrix.dtype == torch.float32:
             return queries @ self.matrix.T
@@ -61,8 +64,18 @@ class ExactSearch:
         if k == 0:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
         with torch.inference_mode():
-            sc = self.scores(torch.from_numpy(q))
-            vals, idx = torch.topk(sc, k, dim=1, largest=True, sorted=True)
+            qt = torch.from_numpy(q)
+            sc = self.scores(qt)
+            if self.matrix.dtype == torch.float16:
+                # float16 products pick candidates; re-score a margin of them in float32 so the order
+                # among near-equal scores is the one of the stored vectors, not of float16 rounding.
+                kk = min(self.n, max(4 * k, k + 32))
+                cand = torch.topk(sc, kk, dim=1, largest=True, sorted=False).indices
+                fine = torch.einsum("qd,qkd->qk", qt, self.matrix[cand].float())
+                vals, pos = torch.topk(fine, k, dim=1, largest=True, sorted=True)
+                idx = cand.gather(1, pos)
+            else:
+                vals, idx = torch.topk(sc, k, dim=1, largest=True, sorted=True)
         return _tie_order(vals.numpy(), idx.numpy().astype(np.int64))
 
 

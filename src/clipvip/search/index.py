@@ -109,15 +109,21 @@ class VideoIndex:
         meta_path = root / "index.json"
         if not meta_path.is_file():
             raise IndexFormatError(f"{root}: not a clipvip index (no index.json); build one with `clipvip index`")
-        meta = read_json(meta_path)
+        meta = _read(meta_path)
         if not isinstance(meta, dict) or meta.get("format") != FORMAT:
             raise IndexFormatError(f"{meta_path}: unsupported index format {meta.get('format') if isinstance(meta, dict) else meta!r}")
+        missing = [k for k in ("dim", "model_id", "video_root") if k not in meta]
+        if missing:
+            raise IndexFormatError(f"{meta_path}: missing {', '.join(missing)}")
         dim = int(meta["dim"])
         manifest_path = root / "manifest.json"
         if not manifest_path.is_file():  # killed before the first commit: a valid, empty index
             return cls(root, meta, {"generation": 0, "entries": [], "failures": []},
                        np.zeros((0, dim), np.float32))
-        manifest = read_json(manifest_path)
+        manifest = _read(manifest_path)
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("embeddings"), str) \
+                or not isinstance(manifest.get("entries"), list):
+            raise IndexFormatError(f"{manifest_path}: not a clipvip manifest (no embeddings file or entries)")
         emb_path = root / manifest["embeddings"]
         try:
             emb = np.load(emb_path, mmap_mode="r", allow_pickle=False)
@@ -126,7 +132,10 @@ class VideoIndex:
         n = len(manifest["entries"])
         if emb.ndim != 2 or emb.shape != (n, dim):
             raise IndexFormatError(f"{emb_path}: shape {emb.shape} does not match {n} entries of dim {dim}")
-        return cls(root, meta, manifest, emb)
+        try:
+            return cls(root, meta, manifest, emb)
+        except TypeError as exc:
+            raise IndexFormatError(f"{manifest_path}: malformed entry ({exc})") from exc
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -432,6 +441,13 @@ def probe_duration(path: Path) -> float | None:
         return None if value is None else round(float(value), 3)
     except Exception:  # noqa: BLE001 - a duration is nice to have, never a reason to fail
         return None
+
+
+def _read(path: Path) -> Any:
+    try:
+        return read_json(path)
+    except (ValueError, OSError) as exc:
+        raise IndexFormatError(f"{exc}; re-create the index with --rebuild") from exc
 
 
 def _middle(clip: Any) -> np.ndarray:
