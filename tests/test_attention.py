@@ -37,8 +37,8 @@ def _outputs_and_grads(model: CLIPViP, pixels: torch.Tensor, weights: torch.Tens
     return out.detach(), x.grad.clone(), grads
 
 
-@pytest.mark.parametrize("impl", ["sdpa", "split"])
-@pytest.mark.parametrize("frames", [1, 2, 8, 12, 32])
+@pytest.mark.parametrize("frames,impl", [(1, "sdpa"), (2, "sdpa"), (8, "sdpa"), (12, "sdpa"), (32, "sdpa"),
+                                         (12, "split")])  # "split": the alternative implementation
 def test_proxy_equals_masked_forward_and_backward(frames, impl, monkeypatch):
     model = tiny()
     with torch.no_grad():  # a non-zero temporal table so that the frames differ
