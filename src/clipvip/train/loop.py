@@ -451,7 +451,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
                     lr = optimizer.param_groups[-1]["lr"]
                     scalars.add("train/loss", loss_value, state["step"])
                     scalars.add("train/lr", lr, state["step"])
-                    scalars.add("train/temperature", float(model.logit_scale.exp()), state["step"])
+                    scalars.add("train/temperature", float(model.logit_scale.detach().exp()), state["step"])
                     if grad_norm is not None:
                         scalars.add("train/grad_norm", float(grad_norm), state["step"])
                     for name, value in terms.items():
