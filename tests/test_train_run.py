@@ -175,3 +175,30 @@ def test_torchrun_two_ranks_match_one_process(world: Path, tmp_path: Path) -> No
     b = CLIPViP.from_pretrained(tmp_path / "two" / "last").state_dict()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst < 1e-5, f"2-rank run differs from one process by {worst}"
+
+
+def test_pretraining_ocl_with_image_text_frozen_text_and_checkpointing(world: Path, tmp_path: Path) -> None:
+    """Post-pretraining runs OCL variant (d) plus the image-text term; a frozen text tower stays untouched
+    while the video tower (with activation checkpointing) moves."""
+    from clipvip.model.clipvip import CLIPViP
+    from clipvip.train.loop import _seed_all, build_model, train
+
+    out = tmp_path / "pt"
+    cfg = load_config(REPO / "configs" / "synthetic_pretrain.yaml", [
+        f"data.root={world}", "data.generate_synthetic=false", f"run.output_dir={out}", "run.progress=false",
+        "model.num_frames=4", "run.global_batch_size=8", "optim.max_steps=2", "data.image_text=images.jsonl",
+        "run.freeze_text=true", "run.gradient_checkpointing=true", "run.log_every=1", "data.val=null"])
+    train(cfg)
+    _seed_all(cfg.run.seed)
+    init = build_model(cfg).state_dict()
+    after = CLIPViP.from_pretrained(out / "last").state_dict()
+    text_keys = [k for k in init if k.startswith(("text_model.", "text_projection."))]
+    vision_keys = [k for k in init if k.startswith("vision_model.encoder.")]
+    assert text_keys and all(torch.equal(init[k], after[k]) for k in text_keys)
+    assert any(not torch.equal(init[k], after[k]) for k in vision_keys)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(out / "tb"))
+    acc.Reload()
+    tags = set(acc.Tags()["scalars"])
+    assert {"train/loss", "train/loss_vsc", "train/loss_fc", "train/loss_image_text", "train/lr"} <= tags
