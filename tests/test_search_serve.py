@@ -156,6 +156,15 @@ def test_search_cli_prints_the_same_ranking(server, bpe_path: Path, capsys):
     assert "empty" in capsys.readouterr().err
 
 
+def test_serve_cli_usage_errors(tmp_path: Path, capsys):
+    from clipvip.cli import main
+
+    assert main(["serve", str(tmp_path), "--port", "70000"]) == 2
+    assert "--port" in capsys.readouterr().err
+    assert main(["serve", str(tmp_path)]) == 2
+    assert "not a clipvip index" in capsys.readouterr().err
+
+
 def _chromium() -> str:
     for name in ("chromium", "chromium-browser", "google-chrome"):
         if path := shutil.which(name):
