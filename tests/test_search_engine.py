@@ -51,7 +51,17 @@ def test_float16_storage_ranks_like_reference_on_rounded_vectors():
     scores, rows = ExactSearch(emb16).search(q, 10)
     ref_scores, ref_rows = _reference_topk(emb16.astype(np.float32), q, 10)
     assert rows[0].tolist() == ref_rows
-    np.testing.assert_allclose(scores[0], ref_scores, atol=2e-3)  # float16 rounding of the scores
+    np.testing.assert_allclose(scores[0], ref_scores, atol=1e-5)  # final scores are float32 re-scores
+
+
+def test_float16_rescoring_matches_float32_search_of_the_rounded_vectors():
+    rng = np.random.default_rng(5)
+    emb16 = _unit(rng, 3000, 64).astype(np.float16)
+    queries = _unit(rng, 25, 64)
+    s16, r16 = ExactSearch(emb16).search(queries, 10)
+    s32, r32 = ExactSearch(emb16.astype(np.float32)).search(queries, 10)
+    np.testing.assert_array_equal(r16, r32)
+    np.testing.assert_allclose(s16, s32, atol=1e-5)
 
 
 def test_ties_are_ordered_by_row():
