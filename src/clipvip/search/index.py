@@ -296,8 +296,11 @@ def build_index(
     elif rebuild and (root / "manifest.json").is_file():
         try:
             generation = int(read_json(root / "manifest.json").get("generation", 0))
-        except (ValueError, OSError):
+        except (ValueError, OSError, AttributeError):
             generation = 0
+        # No manifest means an empty index: dropping it first keeps the directory consistent if we are
+        # killed before the new model's first commit (old vectors never sit under the new index.json).
+        _unlink(root / "manifest.json")
     atomic_write_json(root / "index.json", meta)
 
     found = scan_videos(video_root)
