@@ -136,6 +136,11 @@ def test_service_ranks_a_planted_embedding_first(server):
     assert res[0]["row"] == 2 and res[0]["score"] == pytest.approx(1.0, abs=1e-5)
     with pytest.raises(ValueError, match="1..100"):
         planted.search("a planted query", k=0)
+    both = planted.search_many(["another text", "a planted query"], k=3)
+    for batch, text in zip(both, ["another text", "a planted query"]):
+        alone = planted.search(text, 3)
+        assert [r["row"] for r in batch] == [r["row"] for r in alone]
+        assert [r["score"] for r in batch] == pytest.approx([r["score"] for r in alone], abs=1e-5)
 
 
 def test_search_cli_prints_the_same_ranking(server, bpe_path: Path, capsys):

@@ -47,21 +47,28 @@ class SearchService:
 
         Raises ``ValueError`` for an empty or too long query or a ``k`` outside 1..MAX_K.
         """
+        return self.search_many([text], k)[0]
+
+    def search_many(self, texts: list[str], k: int = 10) -> list[list[dict[str, Any]]]:
+        """:meth:`search` for several texts at once: one text-encoder batch and one matrix product."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
             raise ValueError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
-        query = self.pipeline.encode_texts([text])
+        queries = self.pipeline.encode_texts(list(texts))
         if len(self.index) == 0:
-            return []
-        scores, rows = self.engine.search(query, int(k))
+            return [[] for _ in texts]
+        scores, rows = self.engine.search(queries, int(k))
         out = []
-        for rank, (score, row) in enumerate(zip(scores[0].tolist(), rows[0].tolist()), start=1):
-            entry = self.index.entries[row]
-            out.append({
-                "rank": rank,
-                "row": int(row),
-                "score": round(float(score), 6),
-                "path": entry.path,
-                "duration": entry.duration,
-                "thumb": entry.thumb is not None,
-            })
+        for q_scores, q_rows in zip(scores.tolist(), rows.tolist()):
+            results = []
+            for rank, (score, row) in enumerate(zip(q_scores, q_rows), start=1):
+                entry = self.index.entries[row]
+                results.append({
+                    "rank": rank,
+                    "row": int(row),
+                    "score": round(float(score), 6),
+                    "path": entry.path,
+                    "duration": entry.duration,
+                    "thumb": entry.thumb is not None,
+                })
+            out.append(results)
         return out
