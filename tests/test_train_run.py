@@ -149,7 +149,8 @@ def test_finetuning_beats_chance(world: Path, tmp_path: Path) -> None:
 @pytest.mark.slow
 def test_torchrun_two_ranks_match_one_process(world: Path, tmp_path: Path) -> None:
     """The whole loop under ``torchrun`` (2 gloo ranks) ends with the parameters of one process on the same
-    global batches: per-rank slices of each global batch + gather with gradient + DDP averaging."""
+    global batches (per-rank slices of each global batch + gather with gradient + DDP averaging), and its
+    sharded evaluation gives the same tables."""
     import os
     import socket
     import subprocess
@@ -162,7 +163,7 @@ def test_torchrun_two_ranks_match_one_process(world: Path, tmp_path: Path) -> No
         port = s.getsockname()[1]
     args = [str(REPO / "configs" / "synthetic_finetune.yaml"), f"data.root={world}", "data.generate_synthetic=false",
             "run.progress=false", "model.num_frames=4", "run.global_batch_size=8", "optim.max_steps=2",
-            "run.eval_every=1000", "data.test=null", "data.val=null", "optim.lr=1e-3"]
+            "run.eval_every=1000", "optim.lr=1e-3", "data.eval_batch_size=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
                           "--master_addr", "127.0.0.1", "--master_port", str(port), "-m", "clipvip", "train", *args,
@@ -170,11 +171,17 @@ def test_torchrun_two_ranks_match_one_process(world: Path, tmp_path: Path) -> No
     assert two.returncode == 0, two.stderr[-3000:]
     from clipvip.train.loop import train
 
-    train(load_config(args[0], args[1:] + [f"run.output_dir={tmp_path / 'one'}"]))
+    one = train(load_config(args[0], args[1:] + [f"run.output_dir={tmp_path / 'one'}"]))
     a = CLIPViP.from_pretrained(tmp_path / "one" / "last").state_dict()
     b = CLIPViP.from_pretrained(tmp_path / "two" / "last").state_dict()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst < 1e-5, f"2-rank run differs from one process by {worst}"
+    # evaluation with videos sharded over the two ranks gives the tables of one process
+    two_res = json.loads((tmp_path / "two" / "results.json").read_text())
+    for split in ("best", "test"):
+        for table in ("t2v", "v2t"):
+            for key, value in one[split][table].items():
+                assert two_res[split][table][key] == pytest.approx(value, abs=1e-6), (split, table, key)
 
 
 def test_pretraining_ocl_with_image_text_frozen_text_and_checkpointing(world: Path, tmp_path: Path) -> None:

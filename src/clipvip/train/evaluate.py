@@ -4,9 +4,10 @@ Texts are encoded once and videos once, then one text×video cosine matrix is sc
 :func:`clipvip.metrics.evaluate_similarity` (multi-caption aware through ``text_to_video``; paragraph
 protocol by joining a video's sentences).
 
-Distributed runs evaluate on rank 0 only (the other ranks wait at a barrier in the loop). Evaluation sets
-are small next to training (1k videos for MSR-VTT 1k-A), and a single evaluator avoids padding/truncation
-subtleties of sharded gathers; the loop documents this choice.
+Distributed runs (``distributed=True`` inside a process group) shard the *videos*, the expensive part:
+rank ``r`` encodes rows ``r, r + W, ...``; features and row numbers are gathered onto every rank (no
+gradient), so each row is encoded exactly once and nothing is padded or duplicated. Texts are cheap and are
+encoded on rank 0, which alone computes the tables; other ranks get ``None``.
 
 A video that cannot be decoded keeps its column with a zero embedding (cosine 0 to every text) so that the
 text→video mapping stays valid; it is counted in ``failures`` and the tables are therefore slightly
@@ -126,13 +127,19 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
 
 @torch.no_grad()
 def encode_videos(model: Any, dataset: Any, *, batch_size: int = 16, device: str | torch.device = "cpu",
-                  num_workers: int = 0, progress: bool = False, autocast_dtype: torch.dtype | None = None
-                  ) -> tuple[Tensor, list[tuple[str, str]]]:
-    """``[V, D]`` video features in row order (zeros for rows that failed) and the failures."""
+                  num_workers: int = 0, progress: bool = False, autocast_dtype: torch.dtype | None = None,
+                  rank: int = 0, world_size: int = 1) -> tuple[Tensor, list[tuple[str, str]]]:
+    """``[V, D]`` video features in row order (zeros for rows that failed) and the failures.
+
+    With ``world_size > 1`` this process encodes rows ``rank::world_size`` only and the returned matrix and
+    failures hold only those rows (the others stay zero); :func:`evaluate_retrieval` gathers them.
+    """
     from tqdm.auto import tqdm
 
     dev = torch.device(device)
-    loader = torch.utils.data.DataLoader(_Rows(dataset), batch_size=batch_size, shuffle=False,
+    rows = _Rows(dataset)
+    subset = rows if world_size == 1 else torch.utils.data.Subset(rows, range(rank, len(dataset), world_size))
+    loader = torch.utils.data.DataLoader(subset, batch_size=batch_size, shuffle=False,
                                          num_workers=num_workers, collate_fn=_collate)
     dim = int(model.config.projection_dim)
     out = torch.zeros(len(dataset), dim)
@@ -148,13 +155,35 @@ def encode_videos(model: Any, dataset: Any, *, batch_size: int = 16, device: str
     return out, failures
 
 
+def _gather_shards(v: Tensor, failures: list[tuple[str, str]], rank: int, world_size: int,
+                   device: torch.device) -> tuple[Tensor, list[tuple[str, str]]]:
+    """Combine every rank's rows (each row was encoded by exactly one rank) and failures."""
+    import torch.distributed as dist
+
+    from clipvip.train.distributed import gather
+
+    mine = torch.arange(rank, v.shape[0], world_size)
+    comm = device if dist.get_backend() == "nccl" else torch.device("cpu")
+    feats = gather(v[mine].to(comm)).cpu()
+    idx = gather(mine.to(comm)).cpu()
+    full = torch.zeros_like(v)
+    full[idx] = feats
+    all_failures: list[Any] = [None] * world_size
+    dist.all_gather_object(all_failures, failures)
+    return full, [f for part in all_failures for f in part]
+
+
 @torch.no_grad()
 def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int, image_size: int,
                        max_length: int, batch_size: int = 16, device: str | torch.device = "cpu",
                        video_root: str | None = None, paragraph: bool = False, dsl: bool = True,
                        num_workers: int = 0, progress: bool = False,
-                       autocast_dtype: torch.dtype | None = None) -> dict[str, Any]:
+                       autocast_dtype: torch.dtype | None = None, distributed: bool = False
+                       ) -> dict[str, Any] | None:
     """Text→video and video→text tables (plus DSL) of ``model`` on ``data``.
+
+    ``distributed=True`` (every rank of an initialised process group must call it) shards the videos across
+    the ranks; rank 0 returns the results and the other ranks ``None``.
 
     ``data`` is an annotation JSONL path or an evaluation dataset object (``texts``, ``text_to_video``,
     items with ``pixel_values``). Returns ``{"t2v", "v2t", "t2v_dsl", "v2t_dsl", "failures",
@@ -173,13 +202,23 @@ def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int
     text_to_video = list(dataset.text_to_video)
     if not texts or len(dataset) == 0:
         raise ValueError(f"{data}: no texts or no videos to evaluate")
+    from clipvip.train import distributed as dist_utils
+
+    rank, world = 0, 1
+    if distributed and dist_utils.is_distributed():
+        rank, world = dist_utils.rank(), dist_utils.world_size()
     was_training = model.training
     model.eval()
     try:
+        v, failures = encode_videos(model, dataset, batch_size=batch_size, device=device,
+                                    num_workers=num_workers, progress=progress and rank == 0,
+                                    autocast_dtype=autocast_dtype, rank=rank, world_size=world)
+        if world > 1:
+            v, failures = _gather_shards(v, failures, rank, world, torch.device(device))
+        if rank != 0:
+            return None
         t = encode_texts(model, tokenizer, texts, max_length=max_length, device=device,
                          autocast_dtype=autocast_dtype)
-        v, failures = encode_videos(model, dataset, batch_size=batch_size, device=device,
-                                    num_workers=num_workers, progress=progress, autocast_dtype=autocast_dtype)
     finally:
         model.train(was_training)
     sim = t @ v.T

@@ -6,7 +6,8 @@ One code path serves a single CPU process and ``torchrun`` + DDP (gloo on CPU, n
   (:class:`~clipvip.train.sampler.ResumableBatchSampler`) and the features are gathered **with gradient**
   before the loss, so every rank computes the loss of the global batch (reference §3, ``if_gather``);
 * the log temperature is clamped to ``[0, ln 200]`` after every optimiser step;
-* evaluation runs on rank 0 on the unwrapped model while the others wait (see ``evaluate.py``);
+* evaluation runs on the unwrapped model with the videos sharded across the ranks; rank 0 scores the
+  tables, selects and writes (see ``evaluate.py``);
 * ``last/`` is saved atomically at every evaluation, every ``run.save_every`` steps and at the end;
   ``best/`` follows the selection metric on the validation split (or, explicitly and labelled, on test);
 * resuming from ``last/`` restores model, optimiser, scheduler, scaler, every RNG and the data position
@@ -324,7 +325,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             cfg.model.eval_num_frames or cfg.model.num_frames), image_size=image_size,
             max_length=cfg.model.max_length, batch_size=cfg.data.eval_batch_size, device=device,
             video_root=cfg.data.resolve(cfg.data.video_root), paragraph=cfg.data.paragraph, dsl=True,
-            num_workers=cfg.data.num_workers, progress=cfg.run.progress, autocast_dtype=amp_dtype)
+            num_workers=cfg.data.num_workers, progress=cfg.run.progress, autocast_dtype=amp_dtype,
+            distributed=world > 1)
 
     epoch_failures: list[tuple[str, str]] = list(state.get("epoch_failures", []))
 
@@ -345,12 +347,14 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
 
     def evaluate_and_checkpoint(reason: str) -> None:
         record: dict[str, Any] | None = None
+        # Every rank encodes its shard of the videos; rank 0 gets the tables.
+        res = evaluate(select_split, cfg.run.select_on) if select_split else None
         if main:
             record = {"step": state["step"], "epoch": state["epoch"], "reason": reason,
                       "train_failures_epoch": len(epoch_failures),
                       "train_failures_examples": [list(f) for f in epoch_failures[:5]]}
             if select_split:
-                res = evaluate(select_split, cfg.run.select_on)
+                assert res is not None
                 record["split"] = cfg.run.select_on
                 record["selected_on"] = selected_on
                 record["metrics"] = res
@@ -494,11 +498,13 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         result["best"] = best[-1]["metrics"] if best else None
         if result["best"] is not None:
             result["best_step"] = best[-1]["step"]
-    if cfg.data.test and main:
+    if cfg.data.test:
+        dist_utils.barrier()  # best/ is complete on disk before any rank reads it
         best_dir = ckpt.find_checkpoint(out_dir, "best") or ckpt.find_checkpoint(out_dir, "last")
         if best_dir is not None:
             ckpt.load_model_weights_(model, best_dir)
         res = evaluate(cfg.data.test, "test")
+    if cfg.data.test and main:
         record = {"step": state["step"], "split": "test", "checkpoint": str(best_dir), "selected_on": selected_on,
                   "metrics": res, "reason": "final test of best/"}
         eval_log.write(record)
