@@ -18,11 +18,9 @@ from __future__ import annotations
 
 import copy
 import datetime as _dt
-import json
 import os
 import platform
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -91,8 +89,8 @@ def _curve(history: list[dict[str, Any]], key: str = "t2v") -> list[tuple[int, f
 
 
 def _strip(entry: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A history entry without bulky fields, for results.json."""
-    return None if entry is None else {k: v for k, v in entry.items()}
+    """A copy of a history entry for results.json (so later edits of the history do not leak in)."""
+    return None if entry is None else dict(entry)
 
 
 def run_demo(
