@@ -186,12 +186,12 @@ def test_inflated_model_matches_image_model_in_frame_mode() -> None:
     import torch
 
     from clipvip.config import CLIPViPConfig
-    from clipvip.demo.engine import inflate_image_model
     from clipvip.model.clipvip import CLIPViP
+    from clipvip.weights import inflate
 
     image_cfg = CLIPViPConfig.from_name("clipvip-tiny", num_proxies=1, temporal_size=4, text={"vocab_size": 300})
     image = CLIPViP(image_cfg).eval()
-    video = inflate_image_model(image, image_cfg.replace(num_proxies=4)).eval()
+    video = inflate(image.state_dict(), image_cfg.replace(num_proxies=4)).eval()
     assert video.vision_model.embeddings.added_cls.shape[0] == 3
     assert torch.count_nonzero(video.vision_model.embeddings.temporal_embedding) == 0
     x = torch.randn(2, 4, 3, 32, 32)

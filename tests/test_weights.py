@@ -179,3 +179,27 @@ def test_convert_cli(hf_clip, tmp_path, capsys):
     assert all(torch.equal(v, direct.state_dict()[k]) for k, v in converted.state_dict().items())
     assert main(["convert", str(path), str(tmp_path / "out2")]) == 2  # tiny shapes: cannot infer
     assert "pass config=" in capsys.readouterr().err
+
+
+def test_inflate_is_strict_seedable_and_keeps_or_resets_the_temperature():
+    """One inflation path for transformers CLIP and our own 1-proxy image model (reference §1.3)."""
+    from clipvip.weights import inflate
+
+    image_cfg = CLIPViPConfig.from_name("clipvip-tiny", num_proxies=1)
+    image = CLIPViP(image_cfg)
+    with torch.no_grad():
+        image.logit_scale.fill_(2.5)
+        image.vision_model.embeddings.temporal_embedding.fill_(7.0)  # dropped: the temporal table starts at 0
+    video_cfg = image_cfg.replace(num_proxies=4)
+    a = inflate(image.state_dict(), video_cfg, generator=torch.Generator().manual_seed(5))
+    b = inflate(image.state_dict(), video_cfg, generator=torch.Generator().manual_seed(5))
+    expected = torch.randn(3, 48, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(a.vision_model.embeddings.added_cls, expected)
+    assert torch.equal(b.vision_model.embeddings.added_cls, expected)
+    assert torch.count_nonzero(a.vision_model.embeddings.temporal_embedding) == 0
+    assert float(a.logit_scale.detach()) == 2.5  # the source's temperature by default
+    assert math.isclose(float(inflate(image.state_dict(), video_cfg, logit_scale=math.log(100)).logit_scale.detach()),
+                        math.log(100), rel_tol=1e-6)
+    state = dict(image.state_dict(), stray=torch.zeros(1))
+    with pytest.raises(CheckpointError, match=r"the image model(.|\n)*unexpected \(1\): stray"):
+        inflate(state, video_cfg, source="the image model")

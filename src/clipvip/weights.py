@@ -24,6 +24,8 @@ from clipvip.model.clipvip import CLIPViP
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 OFFICIAL_PREFIX = "clipmodel."
+#: The weight files of a transformers model directory (a cached hub snapshot counts if it has one).
+HF_WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 
 
 class CheckpointError(ValueError):
@@ -50,31 +52,76 @@ def load_state_dict_strict(model: CLIPViP, state: Mapping[str, Tensor], source: 
             own[key].copy_(value.to(own[key].dtype))
 
 
+# ---------------------------------------------------------------------------------------------- inflation
+ADDED_CLS = "vision_model.embeddings.added_cls"
+TEMPORAL = "vision_model.embeddings.temporal_embedding"
+
+
+def inflate(
+    clip_state: Mapping[str, Tensor],
+    config: CLIPViPConfig,
+    *,
+    generator: torch.Generator | None = None,
+    logit_scale: float | None = None,
+    source: str | Path = "CLIP weights",
+) -> CLIPViP:
+    """A CLIP-ViP video model started from image-text CLIP weights: the one inflation path (reference §1.3).
+
+    ``clip_state`` is a transformers ``CLIPModel`` state dict, or the state dict of a 1-proxy CLIP-ViP image
+    model (the demo's stage 0). Every CLIP weight is copied by name and strictly (a missing, extra or
+    mis-shaped key is a :class:`CheckpointError` naming ``source``). Proxy 0 *is* CLIP's class embedding
+    (the same parameter), the ``M - 1`` added proxies are N(0, 1) draws (from ``generator`` when given,
+    else the model's own ``torch.randn`` init, so seeding the global RNG reproduces both), and the temporal
+    table is zeros, so with attention ``frame`` the inflated model is the image model applied per frame.
+    Whatever the source had for ``added_cls``/``temporal_embedding`` is dropped: those are the new parts.
+
+    ``logit_scale`` (log space) defaults to the source's own value, or ``config.logit_scale_init`` if it
+    has none; :func:`from_clip` passes ``config.logit_scale_init`` (ln 100), as the official wrapper resets it.
+    """
+    model = CLIPViP(config)
+    own = model.state_dict()
+    state = {k: v for k, v in clip_state.items()
+             if not k.endswith("position_ids") and k not in (ADDED_CLS, TEMPORAL)}
+    if ADDED_CLS in own:
+        added = own[ADDED_CLS]
+        if generator is not None:
+            added = torch.randn(added.shape, generator=generator, dtype=added.dtype)
+        state[ADDED_CLS] = added
+    state[TEMPORAL] = torch.zeros_like(own[TEMPORAL])
+    if logit_scale is not None or "logit_scale" not in state:
+        value = float(config.logit_scale_init if logit_scale is None else logit_scale)
+        state["logit_scale"] = torch.tensor(value)
+    load_state_dict_strict(model, state, source)
+    return model
+
+
 # ---------------------------------------------------------------------------------------------- transformers CLIP
 def from_clip(name_or_dir: str | Path, **overrides: Any) -> CLIPViP:
     """Start CLIP-ViP from transformers CLIP weights (a hub name, or a local dir: then fully offline).
 
-    Proxy 0 is CLIP's class embedding (same parameter); the added proxies keep their N(0, 1) draw, the
-    temporal table its zeros, and ``logit_scale`` is reset to ``config.logit_scale_init`` (ln 100) as the
-    official VidCLIP wrapper does (reference §1.9). ``overrides`` go to :meth:`CLIPViPConfig.from_hf`.
+    The weights go through :func:`inflate`, with ``logit_scale`` reset to ``config.logit_scale_init``
+    (ln 100) as the official VidCLIP wrapper does (reference §1.9). ``overrides`` go to
+    :meth:`CLIPViPConfig.from_hf`. A hub name that is neither cached nor reachable fails at once (see
+    :func:`clipvip.tokenizer.resolve_hub_name`) instead of after transformers' minute and a half of retries.
     """
     from transformers import CLIPModel
 
-    local = Path(name_or_dir).is_dir()
+    from clipvip.tokenizer import resolve_hub_name
+
+    text = str(name_or_dir)
+    if Path(text).is_dir():
+        location = text
+    else:
+        try:
+            location = resolve_hub_name(text, "CLIP weights", needs=HF_WEIGHT_FILES)
+        except FileNotFoundError as exc:
+            raise CheckpointError(str(exc)) from exc
     try:
-        hf = CLIPModel.from_pretrained(str(name_or_dir), local_files_only=local)
+        hf = CLIPModel.from_pretrained(location, local_files_only=Path(location).is_dir())
     except OSError as exc:
         raise CheckpointError(f"cannot load CLIP weights from {name_or_dir}: {exc}") from exc
     config = CLIPViPConfig.from_hf(hf.config, **overrides)
-    model = CLIPViP(config)
-    state = {k: v for k, v in hf.state_dict().items() if not k.endswith("position_ids")}
-    own = model.state_dict()
-    for key in ("vision_model.embeddings.added_cls", "vision_model.embeddings.temporal_embedding"):
-        if key in own:
-            state[key] = own[key]
-    state["logit_scale"] = torch.tensor(float(config.logit_scale_init))
-    load_state_dict_strict(model, state, name_or_dir)
-    return model
+    return inflate(hf.state_dict(), config, logit_scale=float(config.logit_scale_init), source=text)
 
 
 # ---------------------------------------------------------------------------------------------- official .pt

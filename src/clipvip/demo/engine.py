@@ -5,8 +5,8 @@ Why not ``clipvip.train.loop``: the demo runs about a dozen short runs on two CP
 Decoding the same 32x32 clips with PyAV on every step of every run would cost several times the model
 itself, and the train loop has no image-text task for stage 0. The pieces that define the method are
 *not* re-implemented here: the model (:class:`clipvip.CLIPViP`), the losses (:func:`clipvip.losses.info_nce`,
-:func:`clipvip.losses.ocl_loss`), the optimiser and schedule (:mod:`clipvip.train.optim`), decoding and
-transforms (:mod:`clipvip.data`) and the metrics (:func:`clipvip.metrics.evaluate_similarity`) are the
+:func:`clipvip.losses.ocl_loss`), the image-to-video inflation (:func:`clipvip.weights.inflate`, the same
+path as ``from_clip``), the optimiser and schedule (:mod:`clipvip.train.optim`), decoding and transforms (:mod:`clipvip.data`) and the metrics (:func:`clipvip.metrics.evaluate_similarity`) are the
 library's own. What lives here is only the step loop over in-memory batches.
 """
 
@@ -344,36 +344,3 @@ def fit(
     tail = losses[-10:]
     return FitResult(history=history, best=best, seconds=time.perf_counter() - start, steps=steps,
                      final_loss=sum(tail) / len(tail), losses=losses)
-
-
-# ---------------------------------------------------------------------------------------------- weights
-def inflate_image_model(image_model: Any, config: Any) -> Any:
-    """Stage 0 -> stage 1: a CLIP-ViP video model initialised from the 1-proxy image-text model.
-
-    This is what :func:`clipvip.weights.from_clip` does for OpenAI CLIP, applied to our own image-text
-    model: every CLIP weight is copied by name; proxy 0 is the image model's [CLS]; the added proxies keep
-    their N(0, 1) initialisation (reference §1.3); the temporal table starts at zero, so at step 0 the
-    video model sees every frame exactly as the image model did.
-    """
-    from clipvip.model.clipvip import CLIPViP
-
-    video_model = CLIPViP(config)
-    source = image_model.state_dict()
-    target = video_model.state_dict()
-    new_keys = {"vision_model.embeddings.added_cls", "vision_model.embeddings.temporal_embedding"}
-    missing = [k for k in target if k not in source and k not in new_keys]
-    if missing:
-        raise ValueError(f"image model lacks weights for {missing[:5]} (architectures differ)")
-    for key, value in source.items():
-        if key in new_keys or value is None:
-            continue
-        if key not in target:
-            raise ValueError(f"image model weight {key} has no place in the video model")
-        if target[key].shape != value.shape:
-            raise ValueError(f"{key}: shape {tuple(value.shape)} in the image model, "
-                             f"{tuple(target[key].shape)} in the video model")
-        target[key] = value.clone()
-    target["vision_model.embeddings.temporal_embedding"] = torch.zeros_like(
-        target["vision_model.embeddings.temporal_embedding"])
-    video_model.load_state_dict(target)
-    return video_model

@@ -110,6 +110,7 @@ def run_demo(
     gain from more, and on a shared machine extra threads only wait for each other; None keeps torch's).
     """
     from clipvip.demo.world import build_world, twin_groups
+    from clipvip.weights import inflate
 
     echo = echo or (lambda msg: print(msg, flush=True))
     settings = settings or preset(quick)
@@ -179,7 +180,7 @@ def run_demo(
 
         def post_pretrain(variant: str, steps: int, label: str) -> Any:
             torch.manual_seed(seed)
-            model = engine.inflate_image_model(image_model, video_config)
+            model = inflate(image_model.state_dict(), video_config, source="the stage-0 image model")
             task = engine.OCLTask(clips=world.pretrain, subtitles=world.subtitles, captions=world.captions,
                                   has_caption=world.has_caption, variant=variant,
                                   groups=twin_groups(world.pretrain_records))
