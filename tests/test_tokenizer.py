@@ -70,3 +70,54 @@ def test_missing_sources_are_reported(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(FileNotFoundError, match="no tokenizer files"):
         load_tokenizer(tmp_path / "empty")
+
+
+_OFFLINE_PROBE = r"""
+import json, sys, time
+out = {}
+def attempt(name, fn):
+    start = time.perf_counter()
+    try:
+        fn()
+        out[name] = {"error": None}
+    except Exception as exc:
+        out[name] = {"error": f"{type(exc).__name__}: {exc}"}
+    out[name]["seconds"] = time.perf_counter() - start
+
+import clipvip
+from clipvip.model import CLIPViP
+from clipvip.tokenizer import load_tokenizer
+spec = "openai/clip-vit-base-patch32"
+attempt("tokenizer", lambda: load_tokenizer(spec))
+attempt("from_clip", lambda: CLIPViP.from_clip(spec))
+attempt("pipeline", lambda: clipvip.load(spec, device="cpu"))
+print(json.dumps(out))
+"""
+
+
+def test_uncached_hub_name_offline_fails_fast_and_says_why(tmp_path):
+    """With HF_HUB_OFFLINE=1 and an empty cache, transformers alone retries for ~90 s; ours must fail in
+    < 5 s with a message naming the spec and the way out (internet or a local directory). A fresh process,
+    so huggingface_hub reads the environment at import as it does for users."""
+    import os
+    import subprocess
+    import sys
+
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), CLIPVIP_CACHE=str(tmp_path / "c"))
+    env.pop("HF_HUB_CACHE", None)
+    env.pop("TRANSFORMERS_CACHE", None)
+    proc = subprocess.run([sys.executable, "-c", _OFFLINE_PROBE], env=env, capture_output=True, text=True,
+                          timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    results = json.loads(proc.stdout.strip().splitlines()[-1])
+    for name, res in results.items():
+        assert res["error"] is not None, f"{name} loaded a hub name offline from an empty cache"
+        assert res["seconds"] < 5, f"{name} took {res['seconds']:.1f} s to fail"
+        message = res["error"]
+        assert "openai/clip-vit-base-patch32" in message, message
+        assert "internet" in message and "local" in message, message
+
+
+def test_not_a_path_and_not_a_repo_id_is_a_missing_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        load_tokenizer(tmp_path / "no" / "such" / "tokenizer")

@@ -256,8 +256,7 @@ def load(
     else:
         kind = "clip"
         try:
-            source = _hub_source(spec_str, "model")
-            model = CLIPViP.from_clip(source)
+            model = CLIPViP.from_clip(spec_str)  # uncached + offline fails at once (resolve_hub_name)
         except Exception as exc:  # noqa: BLE001 - turn hub/network failures into one clear message
             raise ValueError(
                 f"cannot load model {spec_str!r}: it is not a local path, not a registry name "
@@ -265,7 +264,7 @@ def load(
                 f"({type(exc).__name__}: {exc}). Hub names need the internet or a local copy in the "
                 f"Hugging Face cache."
             ) from exc
-        tok_spec = source
+        tok_spec = spec_str
 
     if attention is not None:
         model.set_attention(attention)
@@ -336,8 +335,6 @@ def _resolve_tokenizer(
             f"tokenizer= (a tokenizer directory, or CLIP's bpe_simple_vocab_16e6.txt.gz)"
         )
     try:
-        if kind == "official":
-            default_spec = _hub_source(str(default_spec), "tokenizer")
         return load_tokenizer(default_spec), default_spec
     except Exception as exc:  # noqa: BLE001
         if kind == "ours":
@@ -349,33 +346,6 @@ def _resolve_tokenizer(
         else:
             hint = "pass tokenizer= explicitly"
         raise ValueError(f"cannot load the tokenizer for {spec}: {type(exc).__name__}: {exc}. {hint}") from exc
-
-
-def _hub_source(name: str, what: str) -> str:
-    """A local snapshot of hub repo ``name`` if cached, else ``name`` when the hub is reachable.
-
-    Offline, transformers retries for about a minute and a half before failing; we look at the cache first
-    and probe DNS once, so an offline user gets a clear error at once.
-    """
-    try:
-        from huggingface_hub import snapshot_download
-
-        return snapshot_download(name, local_files_only=True)
-    except Exception:  # noqa: BLE001 - not cached (or not a valid repo id): try the network
-        pass
-    import socket
-
-    try:
-        socket.setdefaulttimeout(3)
-        socket.getaddrinfo("huggingface.co", 443)
-    except OSError as exc:
-        raise ValueError(
-            f"the {what} {name!r} is not in the local Hugging Face cache and huggingface.co cannot be reached "
-            f"({exc}); download it once while online, or pass a local path"
-        ) from exc
-    finally:
-        socket.setdefaulttimeout(None)
-    return name
 
 
 def _reason(exc: Exception) -> str:

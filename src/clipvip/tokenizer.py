@@ -106,11 +106,61 @@ def bpe_to_tokenizer_dir(bpe_path: str | Path, out_dir: str | Path | None = None
     return out_dir
 
 
+#: One of these makes a directory a tokenizer directory.
+TOKENIZER_FILES = ("tokenizer.json", "vocab.json", "tokenizer_config.json")
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
+
+
+def _env_flag(name: str) -> bool:
+    return os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+
+
+def resolve_hub_name(name: str, what: str = "files", needs: Sequence[str] = ()) -> str:
+    """Where to load hub repo ``name`` from: its cached snapshot directory if there is one, else ``name``
+    itself when the hub can be reached; otherwise a :class:`FileNotFoundError` at once.
+
+    Why: offline, transformers retries a missing hub file for about a minute and a half before failing with
+    a message about connections. Looking in the cache first, honouring ``HF_HUB_OFFLINE`` /
+    ``TRANSFORMERS_OFFLINE`` (read now, not at import time) and probing the hub's DNS name once turns that
+    into an immediate error naming ``name`` and the two ways out (the internet, or a local directory).
+    ``what`` says what was being loaded ("tokenizer", "CLIP model") in that message. A cached snapshot
+    counts only if it holds at least one of ``needs`` (a model downloaded without its tokenizer files is
+    not a cached tokenizer).
+    """
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants, snapshot_download
+
+    try:
+        snapshot = Path(snapshot_download(name, local_files_only=True, cache_dir=constants.HF_HUB_CACHE))
+        if not needs or any((snapshot / n).is_file() for n in needs):
+            return str(snapshot)
+    except Exception:  # noqa: BLE001 - not cached, or not a valid repo id: decided below
+        pass
+    where = (f"the {what} {name!r} is not a local path and not in the Hugging Face cache "
+             f"({constants.HF_HUB_CACHE})")
+    fix = "hub names need the internet (download it once while online) or pass a local directory instead"
+    if not _REPO_ID.match(name) or ".." in name:
+        raise FileNotFoundError(f"{name} does not exist (and is not a hub repo id like 'openai/clip-vit-base-"
+                                f"patch32'): pass an existing local directory or file")
+    if _env_flag("HF_HUB_OFFLINE") or _env_flag("TRANSFORMERS_OFFLINE") or constants.HF_HUB_OFFLINE:
+        raise FileNotFoundError(f"{where}, and offline mode is on (HF_HUB_OFFLINE): {fix}")
+    import socket
+
+    host = urlparse(constants.ENDPOINT).hostname or "huggingface.co"
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError as exc:
+        raise FileNotFoundError(f"{where}, and {host} cannot be reached ({exc}): {fix}") from exc
+    return name
+
+
 def load_tokenizer(spec: str | Path, max_length: int = 77) -> Any:
     """A transformers CLIP tokenizer from a directory, a hub name, or the OpenAI BPE ``.txt.gz`` file.
 
     ``max_length`` becomes ``model_max_length`` (77 for CLIP; the recipes use 50 or 70). The pad token is
-    ``<|endoftext|>``, as in the official pipeline (reference §2).
+    ``<|endoftext|>``, as in the official pipeline (reference §2). A hub name is taken from the cache when
+    there, and fails at once when neither cached nor reachable (:func:`resolve_hub_name`).
     """
     text = str(spec)
     path = Path(text)
@@ -122,14 +172,16 @@ def load_tokenizer(spec: str | Path, max_length: int = 77) -> Any:
     else:
         from transformers import AutoTokenizer
 
-        if path.is_dir() and not any((path / n).is_file() for n in ("tokenizer.json", "vocab.json",
-                                                                      "tokenizer_config.json")):
+        if not path.is_dir():
+            path = Path(resolve_hub_name(text, "tokenizer", needs=TOKENIZER_FILES))
+        if path.is_dir() and not any((path / n).is_file() for n in TOKENIZER_FILES):
             raise FileNotFoundError(f"{path} holds no tokenizer files (vocab.json/merges.txt or tokenizer.json)")
         if path.is_dir() and not (path / "tokenizer_config.json").is_file():
             tok = _from_files(path, max_length)
         else:
+            source = str(path) if path.is_dir() else text
             try:
-                tok = AutoTokenizer.from_pretrained(text, local_files_only=path.is_dir())
+                tok = AutoTokenizer.from_pretrained(source, local_files_only=path.is_dir())
             except (OSError, ValueError) as exc:
                 raise FileNotFoundError(f"cannot load a tokenizer from {text}: {exc}") from exc
     tok.model_max_length = max_length

@@ -113,7 +113,7 @@ def from_clip(name_or_dir: str | Path, **overrides: Any) -> CLIPViP:
         location = text
     else:
         try:
-            location = resolve_hub_name(text, "CLIP weights", needs=HF_WEIGHT_FILES)
+            location = resolve_hub_name(text, "CLIP model", needs=HF_WEIGHT_FILES)
         except FileNotFoundError as exc:
             raise CheckpointError(str(exc)) from exc
     try:
