@@ -180,3 +180,112 @@ def test_large_matrix_is_fast_and_correct():
     for i in (0, 17, n - 1):
         assert ranks[i] == 1 + int((sim[i] > sim[i, i]).sum())
     assert metrics.video_to_text_ranks(sim)[5] == metrics.match_ranks(sim.T)[5]
+
+
+# ------------------------------------------------------------------ invalid (undecodable) videos
+# Video 2 failed to decode and kept a zero embedding: its column is all 0.0. Cosines of real pairs can be
+# negative, so without masking the zero column outranks real negatives.
+_INVALID_SIM = np.array(
+    [
+        [0.5, -0.2, 0.0, -0.1],  # text 0 -> video 0: best either way, rank 1
+        [-0.3, -0.1, 0.0, -0.4],  # text 1 -> video 1: unmasked the 0.0 steals rank 1 (rank 2); masked rank 1
+        [-0.2, -0.3, 0.0, -0.1],  # text 2 -> video 2 (invalid): unmasked a "hit" (rank 1); masked rank 4 (miss)
+        [0.1, -0.2, 0.0, -0.05],  # text 3 -> video 3: above it 0.1 and 0.0 (rank 3); masked only 0.1 (rank 2)
+    ]
+)
+
+
+def test_invalid_video_columns_hand_worked():
+    np.testing.assert_array_equal(metrics.match_ranks(_INVALID_SIM), [1, 2, 1, 3])  # the problem
+    for invalid in ([2], np.array([False, False, True, False]), torch.tensor([2])):
+        np.testing.assert_array_equal(metrics.match_ranks(_INVALID_SIM, invalid_videos=invalid), [1, 1, 4, 2])
+    m = metrics.retrieval_metrics(_INVALID_SIM, invalid_videos=[2])
+    assert m == {"R1": 50.0, "R5": 100.0, "R10": 100.0, "MdR": 1.5, "MnR": 2.0}
+    # video->text, column by column: col 0 (0.5, -0.3, -0.2, 0.1): text 0 first; col 1 (-0.2, -0.1, -0.3,
+    # -0.2): text 1 first; col 2 is invalid: worst rank 4; col 3 (-0.1, -0.4, -0.1, -0.05): text 3 first.
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(_INVALID_SIM, invalid_videos=[2]), [1, 1, 4, 1])
+    v2t = metrics.video_to_text_metrics(_INVALID_SIM, invalid_videos=[2])
+    assert v2t == {"R1": 75.0, "R5": 100.0, "R10": 100.0, "MdR": 1.0, "MnR": 1.75}
+    # An empty selection changes nothing.
+    assert metrics.retrieval_metrics(_INVALID_SIM, invalid_videos=[]) == metrics.retrieval_metrics(_INVALID_SIM)
+    assert metrics.retrieval_metrics(_INVALID_SIM, invalid_videos=np.zeros(4, dtype=bool)) == \
+        metrics.retrieval_metrics(_INVALID_SIM)
+
+
+def test_invalid_video_multi_caption_v2t_and_even_a_perfect_column_misses():
+    # 5 captions, 3 videos; video 1 is invalid although its column would score its own captions highest.
+    t2v = [0, 0, 1, 2, 2]
+    sim = np.array(
+        [
+            [0.9, 0.95, 0.1],  # caption 0 -> video 0: unmasked 0.95 above (rank 2); masked rank 1
+            [-0.1, 0.0, -0.3],  # caption 1 -> video 0: unmasked 0.0 above (rank 2); masked rank 1
+            [0.1, 0.99, 0.2],  # caption 2 -> video 1 (invalid): worst rank 3
+            [0.2, 0.3, 0.4],  # caption 3 -> video 2: unmasked 0.4 is best: rank 1; masked rank 1
+            [0.5, 0.6, 0.4],  # caption 4 -> video 2: 0.5 above (masked); rank 2
+        ]
+    )
+    np.testing.assert_array_equal(metrics.match_ranks(sim, t2v, invalid_videos=[1]), [1, 1, 3, 1, 2])
+    # video->text: video 0's caption 0 tops column 0 (0.9): rank 1; video 1 is invalid: the worst rank, 5
+    # (the number of texts); video 2's column is (0.1, -0.3, 0.2, 0.4, 0.4): its captions 3 and 4 tie at
+    # the top, pessimistic rank 2 for each, so the video's best is 2.
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, t2v, invalid_videos=[1]), [1, 5, 2])
+
+
+def _loop_ranks_t2v(d: np.ndarray, t2v: list[int], invalid: set[int]) -> list[int]:
+    """The definition, one comparison at a time: valid columns only; a text of an invalid video is last."""
+    n_texts, n_videos = d.shape
+    ranks = []
+    for i in range(n_texts):
+        m = t2v[i]
+        if m in invalid:
+            ranks.append(n_videos)
+            continue
+        ranks.append(1 + sum(1 for j in range(n_videos) if j != m and j not in invalid and d[i, j] >= d[i, m]))
+    return ranks
+
+
+def _loop_ranks_v2t(d: np.ndarray, t2v: list[int], invalid: set[int]) -> list[int]:
+    n_texts, n_videos = d.shape
+    out = []
+    for v in range(n_videos):
+        if v in invalid:
+            out.append(n_texts)
+            continue
+        out.append(min(1 + sum(1 for k in range(n_texts) if k != i and d[k, v] >= d[i, v])
+                       for i in range(n_texts) if t2v[i] == v))
+    return out
+
+
+def test_evaluate_similarity_masks_invalid_videos_in_every_table():
+    rng = np.random.default_rng(0)
+    t2v = [0, 0, 1, 2, 2, 3, 4, 4, 5]
+    sim = rng.uniform(-0.4, 0.4, size=(len(t2v), 6))
+    for i, v in enumerate(t2v):
+        sim[i, v] += 0.15  # matches a bit above chance so that ranks vary
+    invalid = {1, 4}
+    sim[:, sorted(invalid)] = 0.0  # zero embeddings
+    res = metrics.evaluate_similarity(sim, t2v, dsl=True, invalid_videos=sorted(invalid))
+    # Direct double-loop Dual Softmax (softmax over the texts of each column, float64).
+    dsl = np.empty_like(sim)
+    for j in range(sim.shape[1]):
+        e = [math.exp(100.0 * sim[k, j]) for k in range(sim.shape[0])]
+        for k in range(sim.shape[0]):
+            dsl[k, j] = sim[k, j] * e[k] / sum(e)
+    for name, d in (("t2v", sim), ("t2v_dsl", dsl)):
+        expected = metrics.ranks_to_metrics(_loop_ranks_t2v(d, t2v, invalid))
+        assert res[name] == pytest.approx(expected), name
+    for name, d in (("v2t", sim), ("v2t_dsl", dsl)):
+        expected = metrics.ranks_to_metrics(_loop_ranks_v2t(d, t2v, invalid))
+        assert res[name] == pytest.approx(expected), name
+    # Texts of invalid videos never hit, in any table.
+    ranks = metrics.match_ranks(dsl, t2v, invalid_videos=sorted(invalid))
+    assert all(ranks[i] == 6 for i, v in enumerate(t2v) if v in invalid)
+
+
+def test_invalid_videos_bad_input():
+    with pytest.raises(ValueError, match="one entry per video column"):
+        metrics.retrieval_metrics(np.eye(3), invalid_videos=[True, False])
+    with pytest.raises(ValueError, match=r"in \[0, 3\)"):
+        metrics.retrieval_metrics(np.eye(3), invalid_videos=[3])
+    with pytest.raises(ValueError, match="bool mask or integer"):
+        metrics.retrieval_metrics(np.eye(3), invalid_videos=[0.5])

@@ -12,6 +12,12 @@ Conventions (``docs/metrics.md`` explains each with examples):
   bug; with float features ties are rare and the two agree.)
 * R@K is in percent; MdR is the median rank (the mean of the two middle ranks for an even count, as
   ``numpy.median``); MnR is the mean rank.
+* **Invalid videos** (``invalid_videos``: columns whose video could not be decoded, given as a bool mask
+  over the columns or as column indices) stay in the tables but can only lose: their column is ranked
+  strictly below every valid column for every text, so it never takes rank from another query; their own
+  texts get the worst text->video rank (the number of videos), and their video->text rank is the worst too
+  (the number of texts). Both are guaranteed misses. A zero embedding alone would not do this: a cosine of
+  0 outranks real negatives with negative cosine.
 
 Inputs can be torch tensors (any device) or numpy arrays; the work is chunked over rows so that a 5k x 5k
 evaluation needs only a few tens of MB beyond the matrix itself.
@@ -67,6 +73,30 @@ def _as_index(text_to_video: Any, n_texts: int, n_videos: int, device: torch.dev
     return idx
 
 
+def _invalid_mask(invalid_videos: Any, n_videos: int, device: torch.device) -> Tensor | None:
+    """``invalid_videos`` (bool mask over the columns, or column indices) as a bool ``[n_videos]`` tensor.
+
+    Returns ``None`` when nothing is invalid, so the common case costs nothing.
+    """
+    if invalid_videos is None:
+        return None
+    arr = np.asarray(invalid_videos.cpu() if isinstance(invalid_videos, Tensor) else invalid_videos)
+    if arr.dtype == np.bool_:
+        if arr.shape != (n_videos,):
+            raise ValueError(f"invalid_videos as a mask must have one entry per video column ({n_videos}), "
+                             f"got shape {arr.shape}")
+        mask = torch.from_numpy(arr.copy())
+    else:
+        if arr.size and not np.issubdtype(arr.dtype, np.integer):
+            raise ValueError(f"invalid_videos must be a bool mask or integer column indices, got {arr.dtype}")
+        idx = arr.reshape(-1).astype(np.int64)
+        if idx.size and (idx.min() < 0 or idx.max() >= n_videos):
+            raise ValueError(f"invalid_videos indices must be in [0, {n_videos}) (video columns)")
+        mask = torch.zeros(n_videos, dtype=torch.bool)
+        mask[torch.from_numpy(idx)] = True
+    return mask.to(device) if bool(mask.any()) else None
+
+
 def _default_index(sim: Tensor) -> Tensor:
     if sim.shape[0] != sim.shape[1]:
         raise ValueError(
@@ -76,18 +106,23 @@ def _default_index(sim: Tensor) -> Tensor:
     return torch.arange(sim.shape[0], device=sim.device)
 
 
-def match_ranks(sim: Any, text_to_video: Any = None) -> np.ndarray:
+def match_ranks(sim: Any, text_to_video: Any = None, invalid_videos: Any = None) -> np.ndarray:
     """1-based rank of each row's match among all columns, ties pessimistic; int64 numpy ``[n_rows]``.
 
     ``rank_i = 1 + #{j != t(i) : sim[i, j] >= sim[i, t(i)]}`` with ``t(i) = text_to_video[i]`` (or ``i``).
+    Invalid columns are scored strictly below every valid one (``-inf``): they never count against a valid
+    match, and a row whose match is invalid ties with every column, i.e. gets the worst rank ``n_cols``.
     """
     s = _as_tensor(sim)
     n_rows, n_cols = s.shape
     target = _default_index(s) if text_to_video is None else _as_index(text_to_video, n_rows, n_cols, s.device)
+    invalid = _invalid_mask(invalid_videos, n_cols, s.device)
     out = torch.empty(n_rows, dtype=torch.long)
     step = max(1, _CHUNK_ELEMENTS // max(1, n_cols))
     for start in range(0, n_rows, step):
         rows = s[start : start + step]
+        if invalid is not None:  # per chunk, so the full matrix is never copied
+            rows = rows.masked_fill(invalid.unsqueeze(0), float("-inf"))
         tgt = target[start : start + step]
         own = rows.gather(1, tgt.unsqueeze(1))
         # ">=" counts the match itself once; that self-count is the "+1" of a 1-based rank.
@@ -95,17 +130,21 @@ def match_ranks(sim: Any, text_to_video: Any = None) -> np.ndarray:
     return out.numpy()
 
 
-def video_to_text_ranks(sim: Any, text_to_video: Any = None) -> np.ndarray:
+def video_to_text_ranks(sim: Any, text_to_video: Any = None, invalid_videos: Any = None) -> np.ndarray:
     """For each video, the 1-based rank of its **best-ranked** matching text among all texts.
 
     Video ``v`` scores every text in column ``v``; a text ``i`` of ``v`` has rank
     ``1 + #{k != i : sim[k, v] >= sim[i, v]}`` (pessimistic ties), and the video's rank is the minimum
     over its texts: retrieving any one of its captions counts as a hit (the usual multi-caption protocol).
     In the 1:1 case this is exactly the rank of the diagonal in ``sim.T``. Every video needs a text.
+
+    An invalid video gets the worst rank, ``n_texts`` (its column scored ``-inf`` everywhere: all texts
+    tie). Valid videos are unaffected: a video's ranking only reads its own column.
     """
     s = _as_tensor(sim)
     n_texts, n_videos = s.shape
     target = _default_index(s) if text_to_video is None else _as_index(text_to_video, n_texts, n_videos, s.device)
+    invalid = _invalid_mask(invalid_videos, n_videos, s.device)
     text_rank = torch.empty(n_texts, dtype=torch.long, device=s.device)
     step = max(1, _CHUNK_ELEMENTS // max(1, n_texts))
     for start in range(0, n_texts, step):
@@ -121,6 +160,8 @@ def video_to_text_ranks(sim: Any, text_to_video: Any = None) -> np.ndarray:
             f"{missing.numel()} video(s) have no text, so video->text is undefined for them "
             f"(first: column {int(missing[0])})"
         )
+    if invalid is not None:
+        best = best.masked_fill(invalid, n_texts)
     return best.cpu().numpy()
 
 
@@ -138,19 +179,20 @@ def ranks_to_metrics(ranks: Sequence[int] | np.ndarray) -> dict[str, float]:
     }
 
 
-def retrieval_metrics(sim: Any, text_to_video: Any = None) -> dict[str, float]:
+def retrieval_metrics(sim: Any, text_to_video: Any = None, invalid_videos: Any = None) -> dict[str, float]:
     """Text->video metrics of a text x video matrix: ``{"R1","R5","R10","MdR","MnR"}``.
 
     Square without ``text_to_video``: the diagonal is the match. With ``text_to_video`` (multi-caption),
     each text is ranked against all videos and its match is column ``text_to_video[i]``. For video->text
-    in the 1:1 case pass ``sim.T``; for multi-caption use :func:`video_to_text_metrics`.
+    use :func:`video_to_text_metrics` (in the 1:1 case without invalid videos, ``sim.T`` here is the same).
+    ``invalid_videos`` (bool mask over columns, or indices): see the module doc; their texts are misses.
     """
-    return ranks_to_metrics(match_ranks(sim, text_to_video))
+    return ranks_to_metrics(match_ranks(sim, text_to_video, invalid_videos))
 
 
-def video_to_text_metrics(sim: Any, text_to_video: Any = None) -> dict[str, float]:
+def video_to_text_metrics(sim: Any, text_to_video: Any = None, invalid_videos: Any = None) -> dict[str, float]:
     """Video->text metrics of a text x video matrix (rows texts): see :func:`video_to_text_ranks`."""
-    return ranks_to_metrics(video_to_text_ranks(sim, text_to_video))
+    return ranks_to_metrics(video_to_text_ranks(sim, text_to_video, invalid_videos))
 
 
 def dual_softmax(sim: Any, temperature: float = 100.0) -> Any:
@@ -171,20 +213,25 @@ def dual_softmax(sim: Any, temperature: float = 100.0) -> Any:
     return out.numpy() if is_numpy else out
 
 
-def evaluate_similarity(sim: Any, text_to_video: Any = None, dsl: bool = True) -> dict[str, dict[str, float]]:
+def evaluate_similarity(sim: Any, text_to_video: Any = None, dsl: bool = True,
+                        invalid_videos: Any = None) -> dict[str, dict[str, float]]:
     """All retrieval numbers of one evaluation: ``{"t2v", "v2t"}`` plus ``{"t2v_dsl", "v2t_dsl"}`` if ``dsl``.
 
     DSL re-scores the same matrix once and uses it for both directions, as the reference does.
+    ``invalid_videos`` (undecodable videos: bool mask over columns, or indices) are guaranteed misses in all
+    four tables. They are masked *after* DSL, in each table: DSL's softmax runs over the texts of one
+    column, so an invalid column never changes the re-scored values of a valid one, and masking it to
+    ``-inf`` before DSL would turn its column into NaN.
     """
     s = _as_tensor(sim)
     results = {
-        "t2v": retrieval_metrics(s, text_to_video),
-        "v2t": video_to_text_metrics(s, text_to_video),
+        "t2v": retrieval_metrics(s, text_to_video, invalid_videos),
+        "v2t": video_to_text_metrics(s, text_to_video, invalid_videos),
     }
     if dsl:
         d = dual_softmax(s)
-        results["t2v_dsl"] = retrieval_metrics(d, text_to_video)
-        results["v2t_dsl"] = video_to_text_metrics(d, text_to_video)
+        results["t2v_dsl"] = retrieval_metrics(d, text_to_video, invalid_videos)
+        results["v2t_dsl"] = video_to_text_metrics(d, text_to_video, invalid_videos)
     return results
 
 
