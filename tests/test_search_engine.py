@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -92,3 +94,34 @@ def test_faiss_gives_the_same_results_as_exact():
     np.testing.assert_array_equal(r1, r2)
     np.testing.assert_allclose(s1, s2, atol=1e-5)
     assert isinstance(make_engine(emb, "faiss"), FaissSearch)
+
+
+def _mapped_file(address: int) -> str | None:
+    """The file backing virtual ``address`` in this process (Linux /proc/self/maps), or None."""
+    with open("/proc/self/maps") as fh:
+        for line in fh:
+            parts = line.split()
+            lo, hi = (int(x, 16) for x in parts[0].split("-"))
+            if lo <= address < hi:
+                return parts[5] if len(parts) > 5 else None
+    return None
+
+
+@pytest.mark.skipif(not Path("/proc/self/maps").exists(), reason="needs Linux /proc/self/maps")
+def test_read_only_memory_map_is_shared_without_warning_or_copy(tmp_path):
+    """An index's embeddings arrive as a read-only np.load memory map (through np.asarray, as the search
+    service passes them): no "not writable" warning, and the matrix still lives in the file's pages."""
+    import warnings
+
+    emb = _unit(np.random.default_rng(4), 64, 8)
+    np.save(tmp_path / "emb.npy", emb)
+    mapped = np.load(tmp_path / "emb.npy", mmap_mode="r")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        engine = ExactSearch(np.asarray(mapped))
+        sliced = ExactSearch(mapped[3:])  # not the whole map: shared too, the warning silenced precisely
+    assert _mapped_file(engine.matrix.data_ptr()) == str((tmp_path / "emb.npy").resolve())
+    assert _mapped_file(sliced.matrix.data_ptr()) == str((tmp_path / "emb.npy").resolve())
+    scores, rows = engine.search(emb[10], 1)
+    assert rows.tolist() == [[10]]
+    assert np.array_equal(np.load(tmp_path / "emb.npy"), emb)  # the file is untouched

@@ -8,6 +8,7 @@ Ties are broken by the lower row so the order is deterministic for either backen
 from __future__ import annotations
 
 import importlib.util
+import mmap
 import warnings
 from typing import Any
 
@@ -40,9 +41,7 @@ class ExactSearch:
             raise ValueError(f"embeddings must be [N, D], got shape {arr.shape}")
         if arr.dtype not in (np.float32, np.float16):
             arr = arr.astype(np.float32)
-        with warnings.catch_warnings():  # a read-only memory map is fine: the matrix is never written
-            warnings.simplefilter("ignore", UserWarning)
-            self.matrix = torch.from_numpy(np.ascontiguousarray(arr))
+        self.matrix = _shared_tensor(np.ascontiguousarray(arr))
         self.n, self.dim = arr.shape
 
     def scores(self, queries: torch.Tensor) -> torch.Tensor:
@@ -102,6 +101,45 @@ class FaissSearch:
             return np.zeros((q.shape[0], 0), np.float32), np.zeros((q.shape[0], 0), np.int64)
         scores, rows = self.index.search(q, k)
         return _tie_order(scores.astype(np.float32), rows.astype(np.int64))
+
+
+def _file_map(arr: np.ndarray) -> np.memmap | None:
+    """The whole-file memory map that ``arr`` is exactly a view of (same start, same bytes), if any.
+
+    ``np.asarray`` on an index's ``np.load(..., mmap_mode="r")`` array drops the ``memmap`` class, so the
+    map is found by walking ``.base``; a slice of a map (other start or size) does not count.
+    """
+    base = arr
+    while base is not None:
+        if isinstance(base, np.memmap) and isinstance(base.base, mmap.mmap) and base.filename:
+            same = (base.__array_interface__["data"][0] == arr.__array_interface__["data"][0]
+                    and base.nbytes == arr.nbytes and base.dtype == arr.dtype and base.shape == arr.shape
+                    and base.flags.c_contiguous)
+            return base if same else None
+        base = getattr(base, "base", None)
+    return None
+
+
+def _shared_tensor(arr: np.ndarray) -> torch.Tensor:
+    """A tensor on ``arr``'s memory, without copying and without torch's "not writable" warning.
+
+    ``torch.from_numpy`` warns on read-only arrays because writing through the tensor would be undefined.
+    An index's embeddings are a read-only memory map of a ``.npy`` file that can be gigabytes, so copying
+    them into RAM to silence the warning would be wasteful. Instead the file is mapped again copy-on-write
+    (``mode="c"``): same pages, shared with the page cache until written, and a write (the engine never
+    writes) would go to private memory, never to the index file.
+    """
+    if arr.flags.writeable:
+        return torch.from_numpy(arr)
+    fmap = _file_map(arr)
+    if fmap is not None:
+        cow = np.memmap(fmap.filename, dtype=fmap.dtype, mode="c", offset=fmap.offset, shape=fmap.shape)
+        return torch.from_numpy(cow)
+    # Any other read-only array (e.g. np.frombuffer over bytes): share it and silence exactly this warning;
+    # safe because nothing here writes into self.matrix (every operation makes new tensors).
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable", category=UserWarning)
+        return torch.from_numpy(arr)
 
 
 def make_engine(embeddings: Any, backend: str = "auto") -> ExactSearch | FaissSearch:
