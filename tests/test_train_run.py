@@ -98,7 +98,7 @@ def test_cli_train_then_eval_and_test_selection_is_labelled(world: Path, tmp_pat
     assert code == 0
     assert "text->video (DSL)" in text
     res = json.loads(res_file.read_text())
-    n_test = sum(1 for _ in (world / "test.jsonl").open())
+    n_test = len((world / "test.jsonl").read_text().splitlines())
     assert res["num_videos"] == n_test and res["failures"] == []
     assert set(res) >= {"t2v", "v2t", "t2v_dsl", "v2t_dsl"}
     assert set(res["t2v"]) == {"R1", "R5", "R10", "MdR", "MnR"}
@@ -122,6 +122,34 @@ def test_eval_counts_undecodable_videos(world: Path, tmp_path: Path) -> None:
                              max_length=32, video_root=str(world))
     assert res["num_videos"] == 3
     assert len(res["failures"]) == 1 and "broken.mp4" in res["failures"][0][0]
+    assert res["invalid_videos"] == [2]
+
+    # Independent reference: encode the two readable videos and all texts by hand, then rank with loops in
+    # which the broken video (row 2) never outranks a readable one and its own texts/row are last.
+    from clipvip.data.annotations import read_jsonl
+    from clipvip.data.transforms import VideoTransform
+    from clipvip.data.video import load_frames
+    from clipvip.metrics import ranks_to_metrics
+    from clipvip.tokenizer import tokenize
+
+    records = read_jsonl(data)
+    texts = [t for rec in records for t in rec["texts"]]
+    owner = [i for i, rec in enumerate(records) for _ in rec["texts"]]
+    tok = load_tokenizer(world / "tokenizer")
+    with torch.no_grad():
+        pixels = torch.stack([VideoTransform(32)(load_frames(world / rec["video"], num_frames=2))
+                              for rec in records[:2]])
+        v = model.encode_video(pixels)
+        ids = tokenize(tok, texts, 32)
+        t = model.encode_text(ids["input_ids"], ids["attention_mask"])
+    sim = (t @ v.T).tolist()  # texts x the 2 readable videos
+    t2v = [3 if owner[i] == 2 else 1 + sum(1 for j in range(2) if j != owner[i] and row[j] >= row[owner[i]])
+           for i, row in enumerate(sim)]
+    v2t = [min(1 + sum(1 for k in range(len(texts)) if k != i and sim[k][vid] >= sim[i][vid])
+               for i in range(len(texts)) if owner[i] == vid) for vid in range(2)] + [len(texts)]
+    for name, ranks in (("t2v", t2v), ("v2t", v2t)):
+        for key, value in ranks_to_metrics(ranks).items():
+            assert res[name][key] == pytest.approx(value, abs=1e-9), (name, key)
 
 
 @pytest.mark.slow

@@ -9,9 +9,13 @@ rank ``r`` encodes rows ``r, r + W, ...``; features and row numbers are gathered
 gradient), so each row is encoded exactly once and nothing is padded or duplicated. Texts are cheap and are
 encoded on rank 0, which alone computes the tables; other ranks get ``None``.
 
-A video that cannot be decoded keeps its column with a zero embedding (cosine 0 to every text) so that the
-text→video mapping stays valid; it is counted in ``failures`` and the tables are therefore slightly
-pessimistic, never silently optimistic.
+A video that cannot be decoded keeps its column (so the text→video mapping stays valid and the tables stay
+over *all* videos) and is passed to the metrics as an invalid video: its column is ranked below every valid
+video for every text, so it never takes rank from another query, and its own texts (text→video) and the video
+itself (video→text) get the worst rank, a guaranteed miss, in the plain and DSL tables alike. A zero
+embedding alone would not be enough: its cosine 0 outranks real negatives with negative cosine. Failures are
+listed in ``failures`` (path, reason) and their rows in ``invalid_videos``; the tables are therefore
+pessimistic about failures, never optimistic.
 """
 
 from __future__ import annotations
@@ -129,11 +133,21 @@ def _autocast(device: torch.device, dtype: torch.dtype | None) -> Any:
 def encode_videos(model: Any, dataset: Any, *, batch_size: int = 16, device: str | torch.device = "cpu",
                   num_workers: int = 0, progress: bool = False, autocast_dtype: torch.dtype | None = None,
                   rank: int = 0, world_size: int = 1) -> tuple[Tensor, list[tuple[str, str]]]:
-    """``[V, D]`` video features in row order (zeros for rows that failed) and the failures.
+    """``[V, D]`` video features in row order (zeros for rows that failed) and the failures ``(path, reason)``.
 
     With ``world_size > 1`` this process encodes rows ``rank::world_size`` only and the returned matrix and
     failures hold only those rows (the others stay zero); :func:`evaluate_retrieval` gathers them.
     """
+    feats, failed = _encode_videos(model, dataset, batch_size=batch_size, device=device, num_workers=num_workers,
+                                   progress=progress, autocast_dtype=autocast_dtype, rank=rank,
+                                   world_size=world_size)
+    return feats, [(path, why) for _row, path, why in failed]
+
+
+def _encode_videos(model: Any, dataset: Any, *, batch_size: int, device: str | torch.device, num_workers: int,
+                   progress: bool, autocast_dtype: torch.dtype | None, rank: int, world_size: int
+                   ) -> tuple[Tensor, list[tuple[int, str, str]]]:
+    """:func:`encode_videos` keeping the row of each failure, ``(row, path, reason)``, for the metrics."""
     from tqdm.auto import tqdm
 
     dev = torch.device(device)
@@ -143,10 +157,10 @@ def encode_videos(model: Any, dataset: Any, *, batch_size: int = 16, device: str
                                          num_workers=num_workers, collate_fn=_collate)
     dim = int(model.config.projection_dim)
     out = torch.zeros(len(dataset), dim)
-    failures: list[tuple[str, str]] = []
+    failures: list[tuple[int, str, str]] = []
     for batch in tqdm(loader, desc="eval videos", disable=not progress, leave=False):
         for i, why in batch["failed"]:
-            failures.append((video_path_of(dataset, i), why))
+            failures.append((int(i), video_path_of(dataset, i), why))
         if batch["pixel_values"] is None:
             continue
         with _autocast(dev, autocast_dtype):
@@ -155,8 +169,8 @@ def encode_videos(model: Any, dataset: Any, *, batch_size: int = 16, device: str
     return out, failures
 
 
-def _gather_shards(v: Tensor, failures: list[tuple[str, str]], rank: int, world_size: int,
-                   device: torch.device) -> tuple[Tensor, list[tuple[str, str]]]:
+def _gather_shards(v: Tensor, failures: list[tuple[int, str, str]], rank: int, world_size: int,
+                   device: torch.device) -> tuple[Tensor, list[tuple[int, str, str]]]:
     """Combine every rank's rows (each row was encoded by exactly one rank) and failures."""
     import torch.distributed as dist
 
@@ -170,7 +184,7 @@ def _gather_shards(v: Tensor, failures: list[tuple[str, str]], rank: int, world_
     full[idx] = feats
     all_failures: list[Any] = [None] * world_size
     dist.all_gather_object(all_failures, failures)
-    return full, [f for part in all_failures for f in part]
+    return full, sorted((tuple(f) for part in all_failures for f in part), key=lambda f: f[0])
 
 
 @torch.no_grad()
@@ -187,7 +201,9 @@ def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int
 
     ``data`` is an annotation JSONL path or an evaluation dataset object (``texts``, ``text_to_video``,
     items with ``pixel_values``). Returns ``{"t2v", "v2t", "t2v_dsl", "v2t_dsl", "failures",
-    "num_texts", "num_videos"}``; ``failures`` is a list of ``[path, reason]``.
+    "invalid_videos", "num_texts", "num_videos"}``; ``failures`` is a list of ``[path, reason]`` and
+    ``invalid_videos`` the sorted rows (video columns) of those failures. The tables are over all videos,
+    failures included as guaranteed misses (module doc).
     """
     from clipvip.metrics import evaluate_similarity
 
@@ -210,9 +226,9 @@ def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int
     was_training = model.training
     model.eval()
     try:
-        v, failures = encode_videos(model, dataset, batch_size=batch_size, device=device,
-                                    num_workers=num_workers, progress=progress and rank == 0,
-                                    autocast_dtype=autocast_dtype, rank=rank, world_size=world)
+        v, failures = _encode_videos(model, dataset, batch_size=batch_size, device=device,
+                                     num_workers=num_workers, progress=progress and rank == 0,
+                                     autocast_dtype=autocast_dtype, rank=rank, world_size=world)
         if world > 1:
             v, failures = _gather_shards(v, failures, rank, world, torch.device(device))
         if rank != 0:
@@ -222,8 +238,10 @@ def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int
     finally:
         model.train(was_training)
     sim = t @ v.T
-    results: dict[str, Any] = dict(evaluate_similarity(sim, text_to_video, dsl=dsl))
-    results["failures"] = [[p, r] for p, r in failures]
+    invalid = sorted({row for row, _path, _why in failures})
+    results: dict[str, Any] = dict(evaluate_similarity(sim, text_to_video, dsl=dsl, invalid_videos=invalid))
+    results["failures"] = [[p, r] for _row, p, r in failures]
+    results["invalid_videos"] = invalid
     results["num_texts"] = len(texts)
     results["num_videos"] = len(dataset)
     return results
