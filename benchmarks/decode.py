@@ -1,20 +1,30 @@
 """Decoding throughput: videos/s per core for 12-frame sampling from 320x240, 30 fps, 15 s clips.
 
 Compares, side by side in one run: seeking vs full sequential decode (PyAV), PyAV vs decord (when
-installed), and original clips vs their 3 fps shard re-encodes. Clips are generated with PyAV (h264,
-keyframe every 2 s = 60 frames, B-frames on: a typical web encode). One thread everywhere, so the
+installed), and original clips vs their 3 fps tar shards. Clips are generated with PyAV (h264, keyframe
+every 2 s = 60 frames, B-frames on: a typical web encode); with ``--assets DIR`` the real MSR-VTT clips
+``video9770.mp4``/``video9771.mp4`` (320x240, 30 fps) are measured too. One thread everywhere, so the
 number is per core.
 
-    python benchmarks/decode.py [--clips 4] [--repeats 3]
+The shard rows time what ``ShardDataset`` does per sample, minus the float transform: read the tar
+members, wrap the mp4 in ``BytesIO``, ``load_clip`` 12 uniform frames (checked against the stored frame
+count) → the same uint8 ``[12, 240, 320, 3]`` tensor as the original rows. Nothing is cached across
+iterations: each pass re-reads the tar from disk. Before timing, every shard result is compared with a
+full decode of the shard member.
+
+    python benchmarks/decode.py [--clips 4] [--repeats 3] [--assets /work/shared/assets]
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib.util
+import io
+import json
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 os.environ.setdefault("OMP_NUM_THREADS", "1")
@@ -23,8 +33,15 @@ import av  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from clipvip.data.shards import reencode_video  # noqa: E402
-from clipvip.data.video import load_frames, sample_indices  # noqa: E402
+from clipvip.data.annotations import write_jsonl  # noqa: E402
+from clipvip.data.shards import iter_tar_samples, list_shards, write_shards  # noqa: E402
+from clipvip.data.video import decode_all, load_clip, load_frames, sample_indices  # noqa: E402
+
+SHARD_SETTINGS = {
+    "all-intra fastdecode (default)": dict(gop=1, fast_decode=True),
+    "all-intra CABAC": dict(gop=1, fast_decode=False),
+    "2 s GOP CABAC (old GOP)": dict(gop=None, fast_decode=False),
+}
 
 
 def make_clip(path: Path, seed: int, seconds: int = 15, fps: int = 30, w: int = 320, h: int = 240) -> None:
@@ -49,45 +66,89 @@ def full_decode_sample(path: Path, num_frames: int = 12) -> np.ndarray:
     return np.stack([frames[i] for i in sample_indices(len(frames), num_frames)])
 
 
-def rate(fn, paths, repeats: int) -> float:
-    fn(paths[0])  # warm-up
+def read_shard(tar: Path) -> list[torch.Tensor]:
+    """What ShardDataset does for each sample, without the transform."""
+    out = []
+    for key, sample in iter_tar_samples(tar):
+        meta = json.loads(sample["json"])
+        buf = io.BytesIO(sample["mp4"])
+        buf.name = f"{tar}#{key}.mp4"
+        frames, _ = load_clip(buf, 12, "uniform", expected_frames=meta.get("num_frames"))
+        out.append(frames)
+    return out
+
+
+def rate(fn: Callable[[Path], object], items: Sequence[Path], repeats: int, per_item: int = 1) -> float:
+    fn(items[0])  # warm-up
     t = time.perf_counter()
     for _ in range(repeats):
-        for p in paths:
+        for p in items:
             fn(p)
-    return repeats * len(paths) / (time.perf_counter() - t)
+    return repeats * len(items) * per_item / (time.perf_counter() - t)
+
+
+def measure(name: str, orig: list[Path], d: Path, repeats: int) -> list[tuple[str, float, float]]:
+    """Rows ``(setting, videos/s/core, KB per video)`` for one set of originals."""
+    kb = float(np.mean([p.stat().st_size for p in orig]) / 1024)
+    rows = [
+        ("pyav seek, original 30 fps", rate(lambda p: load_frames(p, 12), orig, repeats), kb),
+        ("pyav full decode, original 30 fps", rate(full_decode_sample, orig, repeats), kb),
+    ]
+    has_decord = importlib.util.find_spec("decord") is not None
+    if has_decord:
+        rows.append(("decord get_batch, original 30 fps", rate(lambda p: load_frames(p, 12, backend="decord"), orig, repeats), kb))
+    records = d / f"{name}.jsonl"
+    write_jsonl([{"video": str(p), "texts": ["x"], "split": "test"} for p in orig], records)
+    for label, kw in SHARD_SETTINGS.items():
+        out = d / f"{name}-{kw['gop']}-{kw['fast_decode']}"
+        write_shards(records, out, fps=3, short_side=240, shard_size=len(orig), progress=False, **kw)
+        tars = list_shards(out)
+        members = []
+        for tar in tars:  # check: shard frames == a full decode of the member, sampled
+            for (key, sample), got in zip(iter_tar_samples(tar), read_shard(tar)):
+                member = out / f"{key}.mp4"
+                member.write_bytes(sample["mp4"])
+                members.append(member)
+                ref = decode_all(member)
+                assert torch.equal(got, ref[sample_indices(len(ref), 12)]), f"{member}: shard frames differ"
+        skb = float(np.mean([m.stat().st_size for m in members]) / 1024)
+        rows.append((f"pyav 3 fps shard, {label}", rate(read_shard, tars, repeats, per_item=len(orig)), skb))
+        if has_decord:
+            rows.append((f"decord 3 fps shard member, {label}",
+                         rate(lambda p: load_frames(p, 12, backend="decord"), members, repeats), skb))
+    return rows
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--clips", type=int, default=4, help="number of 15 s clips to generate")
+    ap.add_argument("--clips", type=int, default=4, help="number of synthetic 15 s clips to generate")
     ap.add_argument("--repeats", type=int, default=3, help="passes over the clips per measurement")
+    ap.add_argument("--assets", type=Path, default=None,
+                    help="shared assets folder; adds the real MSR-VTT clips video9770/9771.mp4 when present")
     args = ap.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        orig, shard = [], []
+        sets: dict[str, list[Path]] = {"synthetic": []}
         for i in range(args.clips):
             make_clip(d / f"c{i}.mp4", i)
-            orig.append(d / f"c{i}.mp4")
-            (d / f"s{i}.mp4").write_bytes(reencode_video(orig[-1], fps=3, short_side=240))
-            shard.append(d / f"s{i}.mp4")
-        rows = [
-            ("pyav seek, original 30 fps", rate(lambda p: load_frames(p, 12), orig, args.repeats)),
-            ("pyav full decode, original 30 fps", rate(full_decode_sample, orig, args.repeats)),
-            ("pyav seek, 3 fps shard", rate(lambda p: load_frames(p, 12), shard, args.repeats)),
-        ]
-        if importlib.util.find_spec("decord"):
-            rows.append(("decord get_batch, original 30 fps", rate(lambda p: load_frames(p, 12, backend="decord"), orig, args.repeats)))
-            rows.append(("decord get_batch, 3 fps shard", rate(lambda p: load_frames(p, 12, backend="decord"), shard, args.repeats)))
-        else:
-            rows.append(("decord", float("nan")))
-    print(f"{'setting':40s} videos/s/core")
-    for name, r in rows:
-        print(f"{name:40s} {r:8.2f}")
-    r = dict(rows)
-    print(f"seek / full decode: {r['pyav seek, original 30 fps'] / r['pyav full decode, original 30 fps']:.1f}x; "
-          f"shard / original (seek): {r['pyav seek, 3 fps shard'] / r['pyav seek, original 30 fps']:.1f}x")
+            sets["synthetic"].append(d / f"c{i}.mp4")
+        if args.assets is not None:
+            real = [args.assets / "videos" / n for n in ("video9770.mp4", "video9771.mp4")]
+            real = [p for p in real if p.is_file()] or sorted(args.assets.rglob("video977[01].mp4"))
+            if real:
+                sets["msrvtt"] = real
+        for name, orig in sets.items():
+            rows = measure(name, orig, d, args.repeats)
+            print(f"\n[{name}: {len(orig)} clips]")
+            print(f"{'setting':58s} videos/s/core  KB/video")
+            for setting, r, kb in rows:
+                print(f"{setting:58s} {r:10.2f}  {kb:8.0f}")
+            r = {s: v for s, v, _ in rows}
+            seek = r["pyav seek, original 30 fps"]
+            print(f"seek / full decode: {seek / r['pyav full decode, original 30 fps']:.1f}x; "
+                  f"shard (default) / original seek: {r['pyav 3 fps shard, all-intra fastdecode (default)'] / seek:.1f}x; "
+                  f"shard (2 s GOP) / original seek: {r['pyav 3 fps shard, 2 s GOP CABAC (old GOP)'] / seek:.1f}x")
 
 
 if __name__ == "__main__":

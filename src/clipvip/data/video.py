@@ -250,6 +250,8 @@ class PyAVReader:
         try:
             for packet in self._container.demux(self._stream):
                 if packet.size == 0 or packet.is_discard:
+                    if packet.is_discard:
+                        packets = None  # hidden leading frames may be references: keep to seeking
                     continue
                 if packets is not None:
                     packets.append(packet)
