@@ -51,6 +51,53 @@ def test_world_layout_and_temporal_twins(world):
     assert frames.shape == (8, 32, 32, 3)
 
 
+def test_twins_are_named_explicitly(world):
+    """Every clip record names its reverse-order twin; the twin names it back, sits in the same split and
+    says the same two events the other way round; pretraining records carry the same field."""
+    from clipvip.data.annotations import read_jsonl
+
+    every = {r["id"]: r for s in ("train", "val", "test") for r in read_jsonl(getattr(world, s))}
+    assert len(every) == 12 and all("twin" in r for r in every.values())
+    for vid, rec in every.items():
+        other = every[rec["twin"]]
+        assert other["twin"] == vid and other["split"] == rec["split"] and other["id"] != vid
+        first, second = rec["texts"][0].split(" then ")
+        assert other["texts"][0] == f"{second} then {first}"
+    for pre in read_jsonl(world.pretrain):
+        assert pre["twin"] == every[pre["id"]]["twin"]
+
+
+def test_odd_world_last_clip_has_no_twin(tmp_path):
+    from clipvip.data.annotations import read_jsonl
+
+    w = generate_world(tmp_path, num_videos=3, seed=0, size=16, num_frames=2, tokenizer=False)
+    recs = {r["id"]: r for s in ("train", "val", "test") for r in read_jsonl(getattr(w, s))}
+    assert recs["vid00000"]["twin"] == "vid00001" and "twin" not in recs["vid00002"]
+
+
+def test_small_worlds_get_a_twin_pair_in_every_split():
+    """For every size from 6 clips (3 complete pairs) to 120 and several seeds, train, val and test each
+    hold at least one complete twin pair; fewer pairs fill train, then test, then val. Same seed -> same
+    splits, and a world that drew every split keeps its draws."""
+    import numpy as np
+
+    from clipvip.data.synthetic import assign_pair_splits
+
+    for n in range(1, 121):
+        for seed in range(4):
+            splits = assign_pair_splits(n, np.random.default_rng(seed))
+            assert splits == assign_pair_splits(n, np.random.default_rng(seed))
+            assert len(splits) == (n + 1) // 2
+            complete = {splits[p] for p in range(n // 2)}
+            want = {"train", "test", "val"} if n >= 6 else set(["train", "test", "val"][: n // 2])
+            assert complete >= want, (n, seed, splits)
+    # 400 clips at seed 0 draw every split: assignment equals the raw draws (test < 0.2 <= val < 0.3).
+    rng = np.random.default_rng(7)
+    draws = rng.random(200)
+    expected = {p: "test" if u < 0.2 else "val" if u < 0.3 else "train" for p, u in enumerate(draws)}
+    assert assign_pair_splits(400, np.random.default_rng(7)) == expected
+
+
 def test_world_is_deterministic(world, tmp_path):
     again = generate_world(tmp_path / "again", num_videos=12, seed=3, tokenizer=False)
     for name in ("train.jsonl", "val.jsonl", "test.jsonl", "pretrain.jsonl", "images.jsonl"):

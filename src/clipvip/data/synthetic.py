@@ -233,6 +233,36 @@ def _make_clips(num_videos: int, rng: np.random.Generator) -> list[_Clip]:
     return clips
 
 
+def assign_pair_splits(num_videos: int, rng: np.random.Generator) -> dict[int, str]:
+    """Split of each twin pair (pair ``p`` = clips ``2p`` and ``2p + 1``; with an odd count the last pair is
+    a single clip).
+
+    Each pair draws its split (``SPLITS`` shares, train the rest) from ``rng``. Small worlds can draw no
+    val or test pair at all (96 clips at seed 0 drew no val pair), so afterwards every split with a nonzero
+    share that has no *complete* pair takes one: the highest-numbered complete pair of the split holding
+    the most, which keeps at least one itself if it also needs one. With fewer complete pairs than splits,
+    train comes first, then test, then val. Only that fix-up departs from the draws, so a world that drew
+    every split is left as drawn; everything depends on ``rng`` alone (deterministic by seed).
+    """
+    npairs = (num_videos + 1) // 2
+    test_share, val_share = SPLITS[0][1], SPLITS[1][1]
+    shares = {"train": 1.0 - test_share - val_share, "test": test_share, "val": val_share}
+    pair_split: dict[int, str] = {}
+    for pair in range(npairs):
+        u = rng.random()
+        pair_split[pair] = "test" if u < test_share else "val" if u < test_share + val_share else "train"
+    complete = num_videos // 2  # pairs 0 .. complete - 1 hold both twins
+    needed = [name for name in ("train", "test", "val") if shares[name] > 0][:complete]
+    for name in needed:
+        counts = {k: sum(1 for p in range(complete) if pair_split[p] == k) for k in shares}
+        if counts[name]:
+            continue
+        donor = max((k for k in counts if counts[k] > 1 or (counts[k] == 1 and k not in needed)),
+                    key=lambda k: (counts[k], k))
+        pair_split[max(p for p in range(complete) if pair_split[p] == donor)] = name
+    return pair_split
+
+
 def generate_world(
     out_dir: str | Path,
     *,
@@ -248,9 +278,12 @@ def generate_world(
 ) -> SyntheticWorld:
     """Write the synthetic world to ``out_dir`` and return its paths (see the module doc).
 
-    Splits are assigned per reverse-order pair (test 20 %, val 10 %, train the rest), so both orderings
-    of a pair are always in the same split. ``pretrain.jsonl`` covers the train and val clips (never
-    test). Re-running with the same arguments rewrites identical content.
+    Splits are assigned per reverse-order pair (test 20 %, val 10 %, train the rest; every split gets at
+    least one complete pair when there are three, see :func:`assign_pair_splits`), so both orderings of a
+    pair are always in the same split. Each record of a clip that has a twin names it (``"twin": "<id>"``,
+    in ``train/val/test.jsonl`` and ``pretrain.jsonl``), so consumers never infer twins from numbering.
+    ``pretrain.jsonl`` covers the train and val clips (never test). Re-running with the same arguments
+    rewrites identical content.
     """
     from tqdm.auto import tqdm
 
@@ -266,19 +299,7 @@ def generate_world(
     images_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     clips = _make_clips(num_videos, rng)
-    pair_split = {}
-    for pair in range((num_videos + 1) // 2):
-        u = rng.random()
-        pair_split[pair] = "test" if u < SPLITS[0][1] else "val" if u < SPLITS[0][1] + SPLITS[1][1] else "train"
-    npairs = len(pair_split)
-    if npairs >= 3:  # small worlds still get a non-empty test and val split
-        values = list(pair_split.values())
-        if "test" not in values:
-            pair_split[npairs - 1] = "test"
-        if "val" not in pair_split.values():
-            pair_split[npairs - 2 if pair_split[npairs - 2] != "test" else 0] = "val"
-        if "train" not in pair_split.values():
-            pair_split[0] = "train"
+    pair_split = assign_pair_splits(len(clips), rng)
 
     from PIL import Image
 
@@ -301,10 +322,11 @@ def generate_world(
         subtitle = _subtitle(clip, crng)
         caption = None if crng.random() < caption_missing else frame_caption
         rel = f"videos/{vid}.mp4"
-        downstream[split].append({"video": rel, "id": vid, "texts": texts, "split": split})
+        twin = {"twin": f"vid{clip.index ^ 1:05d}"} if clip.index ^ 1 < len(clips) else {}
+        downstream[split].append({"video": rel, "id": vid, "texts": texts, "split": split, **twin})
         if split != "test":
             pretrain.append({"video": rel, "id": vid, "texts": [subtitle], "split": "train", "subtitle": subtitle,
-                             "caption": caption})
+                             "caption": caption, **twin})
             images.append({"video": f"images/{vid}.png", "id": vid, "texts": [frame_caption], "split": "train"})
         for t in (*texts, subtitle, frame_caption):
             words.update(re.findall(r"[a-z]+", t.lower()))
