@@ -167,9 +167,14 @@ def test_batches_keep_twins_together() -> None:
     from clipvip.demo.engine import Task, _batches
     from clipvip.demo.world import twin_groups
 
-    records = [{"video": f"videos/vid{i:05d}.mp4", "id": f"vid{i:05d}"} for i in (0, 1, 2, 3, 4, 5, 8)]
+    # Twins come from the records' "twin" field, not from numbering: vid00005's twin is vid00002 here,
+    # vid00008's twin vid00009 is not in this split, and vid00009 named by nobody else stays alone.
+    pairs = {0: 1, 1: 0, 2: 5, 5: 2, 3: 4, 4: 3, 8: 9}
+    records = [{"video": f"videos/vid{i:05d}.mp4", "id": f"vid{i:05d}", "twin": f"vid{pairs[i]:05d}"}
+               for i in (0, 1, 2, 3, 4, 5, 8)]
     groups = twin_groups(records)
-    assert groups == [[0, 1], [2, 3], [4, 5], [6]]
+    assert groups == [[0, 1], [2, 5], [3, 4], [6]]
+    assert twin_groups([{k: v for k, v in r.items() if k != "twin"} for r in records]) is None
     task = Task()
     task.size, task.groups = len(records), groups
     gen = _batches(task, 4, torch.Generator().manual_seed(0))

@@ -7,7 +7,6 @@ banks (:mod:`clipvip.demo.engine`) so every training stage reads tensors instead
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -52,16 +51,16 @@ def record_texts(rec: dict[str, Any]) -> list[str]:
 
 
 def twins(records: list[dict[str, Any]]) -> list[int] | None:
-    """Row of each clip's reverse-order twin in ``records`` (-1 when absent), or None if the world does not
-    say. The synthetic world generates twins as consecutive clip numbers (``vid00006``/``vid00007``)."""
-    keys = []
-    for rec in records:
-        digits = re.sub(r"\D", "", str(rec.get("id") or Path(rec["video"]).stem))
-        if not digits:
-            return None
-        keys.append(int(digits))
-    row_of = {k: i for i, k in enumerate(keys)}
-    out = [row_of.get(k ^ 1, -1) for k in keys]
+    """Row of each clip's reverse-order twin in ``records`` (-1 when its twin is elsewhere or it has none),
+    or None when no record names a twin (a world without twins).
+
+    The twin is the record's explicit ``"twin"`` field (a video id, written by
+    :func:`clipvip.data.synthetic.generate_world`), never guessed from clip numbering.
+    """
+    if not any(rec.get("twin") for rec in records):
+        return None
+    row_of = {str(rec.get("id") or Path(rec["video"]).stem): row for row, rec in enumerate(records)}
+    out = [row_of.get(str(rec["twin"]), -1) if rec.get("twin") else -1 for rec in records]
     return out if any(r >= 0 for r in out) else None
 
 
