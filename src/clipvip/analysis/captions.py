@@ -35,6 +35,8 @@ from typing import Any
 
 import numpy as np
 
+from clipvip.atomic import atomic_write_text
+
 log = logging.getLogger(__name__)
 
 __all__ = [
@@ -421,22 +423,7 @@ def _write_failures(out: Path, failures: list[tuple[str, str]]) -> None:
         if side.exists():
             side.unlink()
         return
-    _atomic_write_text(side, "".join(json.dumps({"path": p, "reason": r}) + "\n" for p, r in failures))
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    import tempfile
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(side, "".join(json.dumps({"path": p, "reason": r}) + "\n" for p, r in failures))
 
 
 # ---------------------------------------------------------------------------------------------- merging
@@ -473,5 +460,5 @@ def merge_captions(
         else:
             counts["missing"] += 1
         lines.append(json.dumps(record, ensure_ascii=False) + "\n")
-    _atomic_write_text(Path(out_path), "".join(lines))
+    atomic_write_text(Path(out_path), "".join(lines))
     return counts

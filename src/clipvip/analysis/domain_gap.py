@@ -20,13 +20,14 @@ import json
 import logging
 import os
 import random
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from clipvip.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -253,21 +254,9 @@ def run_domain_gap(
     }
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write_text(out / "nmi.json", json.dumps(report, indent=2) + "\n")
-    _atomic_write_text(out / "nmi.md", format_markdown(names, matrix, sizes))
+    atomic_write_text(out / "nmi.json", json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / "nmi.md", format_markdown(names, matrix, sizes))
     from clipvip.analysis.plots import plot_nmi_heatmap
 
     plot_nmi_heatmap(names, matrix, out / "nmi.png")
     return report
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -9,13 +9,13 @@ The pixel size is ``figsize * dpi`` exactly (no ``bbox_inches="tight"``), so cal
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from clipvip.atomic import atomic_open
 
 __all__ = ["plot_curves", "plot_nmi_heatmap", "retrieval_sheet", "save_figure"]
 
@@ -31,18 +31,10 @@ def _new_figure(width_px: int, height_px: int, dpi: int = 100) -> Any:
 
 
 def save_figure(fig: Any, out_png: str | Path) -> Path:
-    """Render ``fig`` to ``out_png`` atomically (temp file in the same folder, then ``os.replace``)."""
+    """Render ``fig`` to ``out_png`` atomically (:mod:`clipvip.atomic`)."""
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".png", dir=out.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format="png", dpi=fig.dpi)
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(out, "wb") as fh:
+        fig.savefig(fh, format="png", dpi=fig.dpi)
     return out
 
 

@@ -17,11 +17,12 @@ from __future__ import annotations
 import csv
 import json
 import os
-import tempfile
 from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
+
+from clipvip.atomic import atomic_open
 
 PathLike = str | os.PathLike[str]
 Record = dict[str, Any]
@@ -85,20 +86,12 @@ def read_jsonl(path: PathLike) -> list[Record]:
 
 
 def write_jsonl(records: Iterable[Record], path: PathLike) -> Path:
-    """Write records atomically (temp file in the same folder + ``os.replace``)."""
+    """Write records atomically (:mod:`clipvip.atomic`), validating each against the schema."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for i, rec in enumerate(records):
-                validate_record(rec, f"record {i}")
-                fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(path, "w") as fh:
+        for i, rec in enumerate(records):
+            validate_record(rec, f"record {i}")
+            fh.write(json.dumps(rec, ensure_ascii=False) + "\n")
     return path
 
 

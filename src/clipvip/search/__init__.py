@@ -5,4 +5,4 @@ Light on purpose: import the submodules you need (``clipvip.search.index`` etc.)
 
 from __future__ import annotations
 
-__all__ = ["index", "engine", "service", "serve", "thumbs", "storage"]
+__all__ = ["index", "engine", "service", "serve", "thumbs"]

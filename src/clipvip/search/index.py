@@ -21,6 +21,7 @@ files that failed before and did not change are not retried (they stay listed as
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import os
 import time
@@ -33,7 +34,7 @@ from typing import Any
 
 import numpy as np
 
-from clipvip.search.storage import atomic_save_npy, atomic_write_bytes, atomic_write_json, read_json
+from clipvip.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -489,3 +490,11 @@ def _bar(total: int, enabled: bool) -> Any:
     from tqdm import tqdm
 
     return tqdm(total=total, desc="indexing", unit="video")
+
+
+def read_json(path: Path) -> Any:
+    """Read an index JSON file, raising ``ValueError`` that names the file on bad content."""
+    try:
+        return json.loads(Path(path).read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc})") from exc

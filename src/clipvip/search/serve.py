@@ -22,7 +22,6 @@ import logging
 import mimetypes
 import re
 import time
-from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
 from pathlib import Path

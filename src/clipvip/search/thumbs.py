@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from clipvip.search.storage import atomic_write_bytes
+from clipvip.atomic import atomic_write_bytes
 
 THUMB_MAX_SIDE = 160
 

@@ -99,6 +99,6 @@ def _jsonable(value: Any) -> Any:
 
 def write_json(path: str | Path, obj: Any) -> None:
     """Write ``obj`` as indented JSON atomically (temporary file + ``os.replace``)."""
-    from clipvip.train.config import atomic_write_text
+    from clipvip.atomic import atomic_write_text
 
     atomic_write_text(Path(path), json.dumps(_jsonable(obj), indent=2, sort_keys=True) + "\n")
