@@ -11,7 +11,8 @@ a patch of frame t            the M proxies + the L patches of frame t
 
 Three ways to compute it, one set of weights:
 
-* ``"masked"`` (:func:`proxy_attention_mask` + dense SDPA): the readable reference; builds the N×N mask.
+* ``"masked"`` (:func:`proxy_attention_mask` + explicit masked softmax): the readable reference; builds the
+  N×N mask and the N×N scores, as the official implementation does.
 * ``"proxy"`` (:meth:`CLIPAttention.forward_proxy`): the same numbers, block-sparsely. The hidden state is
   kept as two tensors, proxies ``[B, M, D]`` and patches ``[B·T, L, D]``, so every frame is a batch row and
   all head reshapes are views. The N×N mask and score matrix never exist: patch queries cost
@@ -105,9 +106,22 @@ class CLIPAttention(nn.Module):
 
     def forward(self, x: Tensor, attn_mask: Tensor | None = None) -> Tensor:
         """Dense attention over ``x`` ``[B, S, D]``; ``attn_mask`` is boolean (True = attend), broadcastable
-        to ``[B, H, S, S]``. Used by the text tower (causal + padding), ``"masked"``, ``"full"``, ``"frame"``."""
+        to ``[B, H, S, S]``. Used by the text tower (causal + padding), ``"masked"``, ``"full"``, ``"frame"``.
+
+        Without a mask this is one fused SDPA call. With a mask it is the textbook computation, written out:
+        scores ``q·kᵀ/√d``, masked to ``-inf``, softmax, times ``v``. That is the readable reference the
+        ``"masked"`` mode promises; it stores the N×N scores as the official implementation's ``bmm`` does
+        (so the benchmark's ``"masked"`` row shows what the block-sparse ``"proxy"`` saves), and it keeps the
+        proxy-vs-masked tests independent of SDPA's kernels. For the text tower (77 tokens) it costs nothing.
+        """
         q, k, v = self._qkv(x)
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask, dropout_p=self._drop())
+        if attn_mask is None:
+            out = F.scaled_dot_product_attention(q, k, v, dropout_p=self._drop())
+        else:
+            scores = (q @ k.transpose(-1, -2)) * self.scale
+            scores = scores.masked_fill(~attn_mask, float("-inf"))
+            probs = F.dropout(scores.softmax(dim=-1), self._drop(), self.training)
+            out = probs @ v
         return self.out_proj(self._merge(out))
 
     def forward_proxy(self, proxies: Tensor, patches: Tensor, layout: TokenLayout) -> tuple[Tensor, Tensor]:
