@@ -32,6 +32,7 @@ def test_overrides_are_typed_yaml_values() -> None:
     ("run.select_on=train", "run.select_on"),
     ("model.init=foo", "model.init"),
     ("optim.lr=fast", "optim.lr"),
+    ("run.keep_every=-1", "run.keep_every"),
 ])
 def test_bad_overrides_name_the_key(override: str, needle: str) -> None:
     with pytest.raises(ConfigError, match=needle.replace(".", r"\.")):
@@ -101,6 +102,7 @@ def test_recipes_match_the_reference(name: str) -> None:
     assert cfg.data.task == ("pretrain" if name.startswith("pretrain") else "retrieval")
     if name.startswith("pretrain"):
         assert cfg.run.ocl_variant == "d"
+        assert cfg.run.keep_every > 0  # kept checkpoints for the post-pretraining curves
         assert cfg.model.init.startswith("clip:openai/clip-vit-base-patch")
     assert cfg.data.paragraph == name.startswith(("didemo", "activitynet"))
 

@@ -36,26 +36,49 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 
 def test_resume_after_interruption_gives_the_same_parameters(world: Path, tmp_path: Path) -> None:
+    """Exact resume across an epoch boundary, and kept ``step_*`` checkpoints (``run.keep_every``) that a
+    resume neither loses nor duplicates: each equals the uninterrupted run's weights at that step."""
+    import shutil
+
     from clipvip.model.clipvip import CLIPViP
     from clipvip.train.checkpoint import load_trainer_state
     from clipvip.train.loop import train
 
     # 6 steps with 4 batches per epoch (>= 32 train videos / 8): the resumed half crosses an epoch boundary.
-    common = ["optim.max_steps=6", "run.save_every=3", "run.eval_every=1000", "data.test=null"]
+    common = ["optim.max_steps=6", "run.save_every=3", "run.eval_every=1000", "data.test=null",
+              "run.keep_every=2"]
     full = train(tiny_cfg(world, tmp_path / "full", *common))
     assert full["steps"] == 6
-    stopped = train(tiny_cfg(world, tmp_path / "cut", *common), stop_after_steps=3)
+    kept = ["step_00000000", "step_00000002", "step_00000004", "step_00000006"]
+    assert sorted(p.name for p in (tmp_path / "full").glob("step_*")) == kept
+    cut = tmp_path / "cut"
+    stopped = train(tiny_cfg(world, cut, *common), stop_after_steps=3)
     assert stopped.get("stopped") and stopped["steps"] == 3
-    state = load_trainer_state(tmp_path / "cut" / "last")  # weights_only=True inside
+    state = load_trainer_state(cut / "last")  # weights_only=True inside
     assert state["run"]["step"] == 3
-    resumed = train(tiny_cfg(world, tmp_path / "cut", *common))
+    assert sorted(p.name for p in cut.glob("step_*")) == kept[:2]
+    # Second interruption right after last/ is saved at step 4 but before step_00000004/ is published;
+    # a stale kept folder of another history (step 8) lies in the run folder too.
+    assert train(tiny_cfg(world, cut, *common), stop_after_steps=4)["steps"] == 4
+    shutil.rmtree(cut / "step_00000004")
+    shutil.copytree(cut / "step_00000002", cut / "step_00000008")
+    resumed = train(tiny_cfg(world, cut, *common))
     assert resumed["steps"] == 6
+    assert sorted(p.name for p in cut.glob("step_*")) == kept  # re-created 4, removed 8, no duplicates
 
     a = _params(CLIPViP.from_pretrained(tmp_path / "full" / "last"))
-    b = _params(CLIPViP.from_pretrained(tmp_path / "cut" / "last"))
+    b = _params(CLIPViP.from_pretrained(cut / "last"))
     assert a.keys() == b.keys()
     worst = max(float((a[k].float() - b[k].float()).abs().max()) for k in a)
     assert worst <= 1e-6, f"resumed run differs from the uninterrupted one by {worst}"
+    for name in kept:
+        marker = json.loads((cut / name / "checkpoint.json").read_text())
+        assert marker["step"] == int(name.split("_")[1])
+        assert not (cut / name / "trainer_state.pt").exists()  # model-only: a curve point, not a resume point
+        ka = _params(CLIPViP.from_pretrained(tmp_path / "full" / name))
+        kb = _params(CLIPViP.from_pretrained(cut / name))
+        assert max(float((ka[k].float() - kb[k].float()).abs().max()) for k in ka) <= 1e-6, name
+    assert all(torch.equal(a[k], ka[k]) for k in a)  # step_00000006 is the final model
     # ... and training did move the weights (a resume that silently restarted would also be "equal").
     from clipvip.train.loop import _seed_all, build_model
 
@@ -63,6 +86,8 @@ def test_resume_after_interruption_gives_the_same_parameters(world: Path, tmp_pa
     _seed_all(cfg.run.seed)
     init = _params(build_model(cfg))
     assert max(float((init[k].float() - a[k].float()).abs().max()) for k in a) > 1e-4
+    step0 = _params(CLIPViP.from_pretrained(tmp_path / "full" / "step_00000000"))
+    assert all(torch.equal(init[k], step0[k]) for k in init)  # the starting weights are kept as step 0
     log = [json.loads(line) for line in (tmp_path / "full" / "eval_log.jsonl").read_text().splitlines()]
     assert log and all(r["split"] == "val" and r["selected_on"] == "val" for r in log)
 

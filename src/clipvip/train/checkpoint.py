@@ -10,6 +10,11 @@ folder is renamed aside, the new one renamed into place, and only then the old o
 moment leaves either the old or the new complete checkpoint (:func:`find_checkpoint` also recovers a folder
 left aside by a crash between the two renames). ``trainer_state.pt`` holds only tensors and plain Python
 values, so it loads with ``torch.load(weights_only=True)``: opening a checkpoint never runs pickle code.
+
+Kept checkpoints (``run.keep_every``): ``step_{step:08d}/`` folders published from ``last/`` by hard links,
+for the post-pretraining curves (``clipvip curve``). They hold the model, tokenizer and ``checkpoint.json``
+(with ``step``) but not ``trainer_state.pt``: they are points of a curve, not resume points, and leaving the
+optimiser state out keeps each one at the size of the model (a third of a full checkpoint with AdamW).
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import tempfile
 import time
@@ -28,6 +34,8 @@ import torch
 
 STATE_FILE = "trainer_state.pt"
 MARKER_FILE = "checkpoint.json"
+KEPT_PREFIX = "step_"
+_KEPT_NAME = re.compile(r"^step_(\d{8,})$")
 
 
 # ---------------------------------------------------------------------------------------------- RNG states
@@ -133,17 +141,17 @@ def save_checkpoint(run_dir: str | Path, name: str, model: torch.nn.Module, toke
 
 
 def copy_checkpoint(src: str | Path, run_dir: str | Path, name: str,
-                    summary: dict[str, Any] | None = None) -> Path:
+                    summary: dict[str, Any] | None = None, exclude: tuple[str, ...] = ()) -> Path:
     """Publish a copy of the complete folder ``src`` as ``run_dir/name`` (e.g. ``last`` -> ``best``).
 
     Files are hard-linked when possible (checkpoint files are never modified in place, only replaced), so
-    keeping ``best/`` costs no extra disk space or time.
+    keeping ``best/`` costs no extra disk space or time. Top-level entries named in ``exclude`` are left out.
     """
     src, run_dir = Path(src), Path(run_dir)
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
     try:
         for item in src.iterdir():
-            if item.name == MARKER_FILE:
+            if item.name == MARKER_FILE or item.name in exclude:
                 continue
             target = tmp / item.name
             if item.is_dir():
@@ -161,6 +169,51 @@ def copy_checkpoint(src: str | Path, run_dir: str | Path, name: str,
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return run_dir / name
+
+
+def kept_name(step: int) -> str:
+    """Folder name of the kept checkpoint of ``step``: ``step_00000100`` (sorts by step as text)."""
+    return f"{KEPT_PREFIX}{int(step):08d}"
+
+
+def keep_checkpoint(src: str | Path, run_dir: str | Path, step: int) -> Path:
+    """Publish the complete checkpoint ``src`` (``last/`` at ``step``) as ``run_dir/step_{step:08d}``.
+
+    Atomic like every checkpoint write, hard-linked, without ``trainer_state.pt`` (see the module doc).
+    Writing the same step again replaces the folder, so a re-run step never leaves a duplicate.
+    """
+    return copy_checkpoint(src, run_dir, kept_name(step), summary={"step": int(step), "kept": True},
+                           exclude=(STATE_FILE,))
+
+
+def kept_checkpoints(run_dir: str | Path) -> list[tuple[int, Path]]:
+    """The kept ``step_*`` folders of a run, ``[(step, path)]`` sorted by step (complete or not)."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        return []
+    found = []
+    for child in run_dir.iterdir():
+        match = _KEPT_NAME.match(child.name)
+        if match and child.is_dir():
+            found.append((int(match.group(1)), child))
+    return sorted(found)
+
+
+def prune_kept(run_dir: str | Path, after_step: int) -> list[Path]:
+    """Remove kept checkpoints with a step above ``after_step``; returns the removed folders.
+
+    A run that starts over (``after_step=-1``) or resumes from an earlier point must not leave kept folders
+    of another history next to its own: the curves would mix two runs. Each folder is first renamed to a
+    hidden name (ignored by the curve tool), so an interruption never leaves a half-deleted visible folder.
+    """
+    removed = []
+    for step, path in kept_checkpoints(run_dir):
+        if step > after_step:
+            aside = path.parent / f".{path.name}.stale-{os.getpid()}-{time.time_ns()}"
+            os.replace(path, aside)
+            shutil.rmtree(aside, ignore_errors=True)
+            removed.append(path)
+    return removed
 
 
 def load_trainer_state(path: str | Path) -> dict[str, Any]:

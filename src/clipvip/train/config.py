@@ -113,6 +113,9 @@ class RunSection:
     ``select_on: val`` (default) picks ``best/`` on the validation split. ``select_on: test`` reproduces the
     reference's practice of selecting on the test split; it is labelled as such in the logs and results
     because test-selected numbers are optimistic.
+
+    ``keep_every: N`` (steps; 0 = off) keeps a model-only copy of the run every N steps, plus the starting
+    weights, as ``step_{step:08d}/`` for the post-pretraining curves (``clipvip curve``).
     """
 
     global_batch_size: int = 128
@@ -123,6 +126,7 @@ class RunSection:
     output_dir: str = "runs/clipvip"
     eval_every: int = 0
     save_every: int = 0
+    keep_every: int = 0
     log_every: int = 10
     select_on: str = "val"
     select_metric: str = "t2v_dsl.R1"
@@ -188,6 +192,8 @@ class TrainConfig:
                            ("data.eval_batch_size", self.data.eval_batch_size)):
             if value < 1:
                 raise ConfigError(f"{key} must be >= 1, got {value}")
+        if self.run.keep_every < 0:
+            raise ConfigError(f"run.keep_every must be >= 0 (steps; 0 = off), got {self.run.keep_every}")
         if len(self.optim.betas) != 2:
             raise ConfigError(f"optim.betas must be two numbers, got {self.optim.betas}")
         if not 0.0 <= self.optim.warmup_ratio < 1.0:

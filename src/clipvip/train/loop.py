@@ -10,6 +10,9 @@ One code path serves a single CPU process and ``torchrun`` + DDP (gloo on CPU, n
   tables, selects and writes (see ``evaluate.py``);
 * ``last/`` is saved atomically at every evaluation, every ``run.save_every`` steps and at the end;
   ``best/`` follows the selection metric on the validation split (or, explicitly and labelled, on test);
+* with ``run.keep_every: N``, ``last/`` is also published (hard links, model only) as ``step_{step:08d}/``
+  at step 0 and every N steps, the points of the post-pretraining curves; a resume re-creates a kept folder
+  that an interruption missed and removes kept folders of a later point of another history;
 * resuming from ``last/`` restores model, optimiser, scheduler, scaler, every RNG and the data position
   (epoch and batch within the epoch), so an interrupted run continues exactly as if never stopped.
 """
@@ -303,6 +306,9 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
                      state["epoch"], state["step_in_epoch"])
     else:
         _seed_all(cfg.run.seed + rank)  # per-rank streams for anything random in the step
+    keep_every = cfg.run.keep_every
+    if main:
+        _reconcile_kept(out_dir, resume_dir, state["step"] if resume_dir is not None else -1, keep_every)
 
     net: torch.nn.Module = FeatureModel(model, cfg.data.task)
     if world > 1:
@@ -345,7 +351,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
                                                  "best_metric": state["best_metric"]})
         return out_dir / "last"
 
-    def evaluate_and_checkpoint(reason: str) -> None:
+    def keep(last: Path) -> None:
+        """Publish ``last/`` as the kept ``step_*`` folder of the current step (rank 0 only)."""
+        if main:
+            ckpt.keep_checkpoint(last, out_dir, state["step"])
+
+    def evaluate_and_checkpoint(reason: str, keep_it: bool = False) -> None:
         record: dict[str, Any] | None = None
         # Every rank encodes its shard of the videos; rank 0 gets the tables.
         res = evaluate(select_split, cfg.run.select_on) if select_split else None
@@ -381,6 +392,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
                 ckpt.copy_checkpoint(last, out_dir, "best", summary={"selected_on": selected_on,
                                                                      "select_metric": cfg.run.select_metric,
                                                                      "select_value": state["best_metric"]})
+            if keep_it:
+                keep(last)
             eval_log.write(record or {})
             scalars.flush()
         dist_utils.barrier()
@@ -393,8 +406,13 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         it_iter = _cycle(it_loader, it_sampler, it_ds, state["it_epoch"], state["it_step_in_epoch"])
     logit_scale = model.logit_scale
     image_weight = cfg.data.image_text_weight
-    if cfg.run.eval_at_start and state["step"] == 0 and resume_dir is None:
-        evaluate_and_checkpoint("start")
+    if state["step"] == 0 and resume_dir is None:
+        # The starting weights are the first point of a post-pretraining curve (e.g. CLIP itself).
+        if cfg.run.eval_at_start:
+            evaluate_and_checkpoint("start", keep_it=keep_every > 0)
+        elif keep_every > 0:
+            keep(save_last())
+            dist_utils.barrier()
     t_start, seen = time.time(), 0
     stopped = False
     while state["step"] < total_steps and not stopped:
@@ -471,10 +489,14 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             due_eval = (cfg.run.eval_every > 0 and state["step"] % cfg.run.eval_every == 0) or \
                 (cfg.run.eval_every <= 0 and end_of_epoch) or done
             due_save = cfg.run.save_every > 0 and state["step"] % cfg.run.save_every == 0
+            due_keep = keep_every > 0 and state["step"] % keep_every == 0
             if due_eval:
-                evaluate_and_checkpoint("end" if done else ("epoch" if end_of_epoch else "step"))
-            elif due_save:
-                save_last()
+                evaluate_and_checkpoint("end" if done else ("epoch" if end_of_epoch else "step"),
+                                        keep_it=due_keep)
+            elif due_save or due_keep:
+                last = save_last()
+                if due_keep:
+                    keep(last)
                 dist_utils.barrier()
             if end_of_epoch:
                 if main and epoch_failures:
@@ -529,6 +551,24 @@ def _resume_dir(cfg: TrainConfig, out_dir: Path) -> Path | None:
     if not ckpt.is_complete(path):
         raise ConfigError(f"run.resume={mode!r}: not a complete checkpoint folder (no {ckpt.MARKER_FILE})")
     return path
+
+
+def _reconcile_kept(out_dir: Path, resume_dir: Path | None, step: int, keep_every: int) -> None:
+    """Make the kept ``step_*`` folders those of this run's history up to ``step`` (-1: a fresh start).
+
+    Kept folders beyond ``step`` come from an earlier attempt (a fresh start in a used folder, or a resume
+    from an older checkpoint) and are removed: the steps ahead re-create them. A kept folder due at exactly
+    ``step`` is re-created from the resume checkpoint when an interruption came between saving ``last/`` and
+    publishing it, so a resume neither duplicates nor loses kept checkpoints.
+    """
+    removed = ckpt.prune_kept(out_dir, step)
+    if removed:
+        log.warning("removed %d kept checkpoint(s) of an earlier attempt beyond step %d (e.g. %s); this run "
+                    "re-creates them", len(removed), max(step, 0), removed[0].name)
+    if resume_dir is not None and keep_every > 0 and step % keep_every == 0:
+        if not ckpt.is_complete(out_dir / ckpt.kept_name(step)):
+            ckpt.keep_checkpoint(resume_dir, out_dir, step)
+            log.info("re-created the kept checkpoint %s from %s", ckpt.kept_name(step), resume_dir)
 
 
 def _all_rng_states(world: int) -> list[dict[str, Any]]:
