@@ -35,6 +35,7 @@ def _params(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_gives_the_same_parameters(world: Path, tmp_path: Path) -> None:
     """Exact resume across an epoch boundary, and kept ``step_*`` checkpoints (``run.keep_every``) that a
     resume neither loses nor duplicates: each equals the uninterrupted run's weights at that step."""
@@ -237,9 +238,12 @@ def test_torchrun_two_ranks_match_one_process(world: Path, tmp_path: Path) -> No
                 assert two_res[split][table][key] == pytest.approx(value, abs=1e-6), (split, table, key)
 
 
+@pytest.mark.slow
 def test_pretraining_ocl_with_image_text_frozen_text_and_checkpointing(world: Path, tmp_path: Path) -> None:
     """Post-pretraining runs OCL variant (d) plus the image-text term; a frozen text tower stays untouched
-    while the video tower (with activation checkpointing) moves."""
+    while the video tower (with activation checkpointing) moves. Its kept checkpoints feed
+    ``clipvip curve --zero-shot`` end to end (the paper's Figure 1 pipeline)."""
+    from clipvip.cli import main as cli_main
     from clipvip.model.clipvip import CLIPViP
     from clipvip.train.loop import _seed_all, build_model, train
 
@@ -247,11 +251,26 @@ def test_pretraining_ocl_with_image_text_frozen_text_and_checkpointing(world: Pa
     cfg = load_config(REPO / "configs" / "synthetic_pretrain.yaml", [
         f"data.root={world}", "data.generate_synthetic=false", f"run.output_dir={out}", "run.progress=false",
         "model.num_frames=4", "run.global_batch_size=8", "optim.max_steps=2", "data.image_text=images.jsonl",
-        "run.freeze_text=true", "run.gradient_checkpointing=true", "run.log_every=1", "data.val=null"])
+        "run.freeze_text=true", "run.gradient_checkpointing=true", "run.log_every=1", "data.val=null",
+        "run.keep_every=1"])
     train(cfg)
     _seed_all(cfg.run.seed)
     init = build_model(cfg).state_dict()
     after = CLIPViP.from_pretrained(out / "last").state_dict()
+
+    # The curve tool finds the kept checkpoints (last/ and best/ are copies of step 2 and count once) and
+    # scores each zero-shot with the fine-tuning recipe's evaluation settings.
+    curve = tmp_path / "curve"
+    assert cli_main(["curve", "--checkpoints", str(out), "--finetune", str(REPO / "configs" / "synthetic_finetune.yaml"),
+                     "--out", str(curve), "--zero-shot", "--label", "ocl-d", "--device", "cpu",
+                     f"data.root={world}", "data.generate_synthetic=false", "model.num_frames=4"]) == 0
+    rows = json.loads((curve / "curve.json").read_text())["rows"]
+    assert [(r["run"], r["step"], Path(r["checkpoint"]).name) for r in rows] == [
+        ("ocl-d", s, f"step_{s:08d}") for s in (0, 1, 2)]
+    assert all(r["split"] == "test" and 0 <= r["R1"] <= r["R5"] <= 100 and r["failures"] == 0 for r in rows)
+    kept = {s: CLIPViP.from_pretrained(out / f"step_{s:08d}").state_dict() for s in (0, 2)}
+    assert all(torch.equal(init[k], kept[0][k]) for k in init)  # the curve starts at the initial weights
+    assert all(torch.equal(after[k], kept[2][k]) for k in after)  # ... and ends at the final ones
     text_keys = [k for k in init if k.startswith(("text_model.", "text_projection."))]
     vision_keys = [k for k in init if k.startswith("vision_model.encoder.")]
     assert text_keys and all(torch.equal(init[k], after[k]) for k in text_keys)

@@ -183,7 +183,7 @@ def zero_shot_evaluator(cfg: Any, device: str | None = None, progress: bool = Fa
         if cfg.model.attention:
             model.set_attention(cfg.model.attention)
         model.to(dev).eval()
-        tokenizer = load_tokenizer(cfg.model.tokenizer or ref.path)
+        tokenizer = load_tokenizer(_tokenizer_spec(cfg, ref))
         split, data = _eval_data(cfg)
         results = evaluate_retrieval(
             model, tokenizer, data,
@@ -200,6 +200,16 @@ def zero_shot_evaluator(cfg: Any, device: str | None = None, progress: bool = Fa
         return results
 
     return evaluate
+
+
+def _tokenizer_spec(cfg: Any, ref: CheckpointRef) -> str:
+    """The recipe's ``model.tokenizer`` (under ``data.root`` when it exists there, as training resolves it),
+    else the tokenizer saved with the checkpoint."""
+    spec = cfg.model.tokenizer
+    if not spec:
+        return ref.path
+    under_root = cfg.data.resolve(spec)
+    return under_root if under_root and Path(under_root).exists() else spec
 
 
 def finetune_evaluator(config: str | os.PathLike[str] | dict[str, Any], out_dir: Path,
