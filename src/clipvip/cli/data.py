@@ -42,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                                                                 "0 keeps the size)")
     sh.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
     sh.add_argument("--crf", type=int, default=23, help="x264 quality, lower is better (default 23)")
+    sh.add_argument("--gop", type=int, default=1,
+                    help="keyframe interval in output frames (default 1: every frame a keyframe, so reading a "
+                         "frame decodes only that frame; larger values give smaller, slower-to-read shards)")
+    sh.add_argument("--no-fast-decode", action="store_true",
+                    help="do not use x264's fastdecode tuning (smaller shards, slower reads)")
     sh.set_defaults(func=_shard)
 
     sy = sub.add_parser("synth", help="generate the synthetic video-text world",
@@ -101,7 +106,8 @@ def _shard(args: argparse.Namespace) -> int:
 
     try:
         manifest = write_shards(args.jsonl, args.out, video_root=args.video_root, fps=args.fps,
-                                short_side=args.short_side or None, shard_size=args.shard_size, crf=args.crf)
+                                short_side=args.short_side or None, shard_size=args.shard_size, crf=args.crf,
+                                gop=args.gop, fast_decode=not args.no_fast_decode)
     except AnnotationError as exc:
         raise CLIError(str(exc)) from exc
     print(f"wrote {manifest['num_samples']} of {manifest['num_records']} videos in {len(manifest['shards'])} "
