@@ -20,13 +20,14 @@ import html
 import json
 import os
 import re
-import tempfile
 import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from clipvip.atomic import atomic_write_text
 
 START = "<|startoftext|>"
 END = "<|endoftext|>"
@@ -57,17 +58,14 @@ def _byte_alphabet() -> list[str]:
 
 
 def _write_tokenizer_files(vocab: list[str], merges: Sequence[tuple[str, str]], out_dir: Path) -> None:
-    """Write ``vocab.json`` / ``merges.txt`` atomically (temp file + os.replace)."""
+    """Write ``vocab.json`` / ``merges.txt`` atomically (:mod:`clipvip.atomic`)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     payloads = {
         "vocab.json": json.dumps({tok: i for i, tok in enumerate(vocab)}, ensure_ascii=False),
         "merges.txt": "#version: 0.2\n" + "\n".join(" ".join(m) for m in merges) + "\n",
     }
     for name, text in payloads.items():
-        fd, tmp = tempfile.mkstemp(prefix=f".{name}.", dir=out_dir)
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, out_dir / name)
+        atomic_write_text(out_dir / name, text)
 
 
 def _from_files(directory: Path, max_length: int) -> Any:

@@ -24,7 +24,6 @@ import logging
 import math
 import os
 import tarfile
-import tempfile
 from collections.abc import Iterator, Sequence
 from fractions import Fraction
 from pathlib import Path
@@ -34,6 +33,7 @@ import numpy as np
 import torch
 from torch.utils.data import IterableDataset, get_worker_info
 
+from clipvip.atomic import atomic_write_bytes
 from clipvip.data import VideoDecodeError
 from clipvip.data.annotations import Record, record_id
 from clipvip.data.datasets import load_records, paragraph_of, record_failure
@@ -149,18 +149,6 @@ def _emit(container: Any, stream: Any, frame: Any, w: int, h: int, k: int, rate:
         container.mux(packet)
 
 
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
     info = tarfile.TarInfo(name)
     info.size = len(data)
@@ -235,9 +223,9 @@ def write_shards(
                 _add_member(tar, f"{key}.json", json.dumps(meta, ensure_ascii=False).encode("utf-8"))
                 keys.append(key)
                 bar.update(1)
-        _atomic_bytes(out / name, buf.getvalue())
+        atomic_write_bytes(out / name, buf.getvalue())
         info = {"name": name, "num_samples": len(keys), "first_index": chunk.start, "failures": failures}
-        _atomic_bytes(info_path, json.dumps(info).encode("utf-8"))
+        atomic_write_bytes(info_path, json.dumps(info).encode("utf-8"))
         shards_info.append(info)
     bar.close()
     manifest = {
@@ -251,7 +239,7 @@ def write_shards(
         "shards": shards_info,
         "failures": [f for s in shards_info for f in s["failures"]],
     }
-    _atomic_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
+    atomic_write_bytes(out / MANIFEST, json.dumps(manifest, indent=1).encode("utf-8"))
     return manifest
 
 

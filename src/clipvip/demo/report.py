@@ -5,31 +5,18 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Callable
+
+from clipvip.atomic import atomic_write_text
 
 #: Tables that ``results.json`` always holds (the test suite checks them).
 TABLES = ("main", "attention_ablation", "ocl_ablation", "aux_caption_ablation", "domain_gap", "timings", "search")
 
 
 def write_json(path: Path, data: Any) -> None:
-    """Atomic JSON write (temp file in the same folder + ``os.replace``)."""
-    write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
-
-
-def write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    """Atomic JSON write (:mod:`clipvip.atomic`)."""
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=_jsonable) + "\n")
 
 
 def _jsonable(value: Any) -> Any:
@@ -98,7 +85,7 @@ def write_outputs(out: Path, results: dict[str, Any], world: Any, echo: Callable
         echo(f"   warning: plots incomplete ({type(exc).__name__}: {exc})")
         results.setdefault("warnings", []).append(f"plots: {type(exc).__name__}: {exc}")
     report = render_report(results, files, out)
-    write_text(out / "report.md", report)
+    atomic_write_text(out / "report.md", report)
     files["report"] = str(out / "report.md")
     files["results"] = str(out / "results.json")
     return files
