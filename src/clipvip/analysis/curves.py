@@ -23,11 +23,12 @@ import json
 import logging
 import os
 import re
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from clipvip.atomic import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -136,19 +137,6 @@ def find_checkpoints(run_dir: str | os.PathLike[str], run: str | None = None) ->
         raise ValueError(f"{root}: no model checkpoints with a known step found (looked for folders with "
                          f"config.json + *.safetensors, two levels deep)")
     return [CheckpointRef(run=label, step=s, path=str(by_step[s])) for s in sorted(by_step)]
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
 
 
 # ------------------------------------------------------------------------------------------ evaluation
@@ -340,8 +328,8 @@ def run_curve(
     def write() -> dict[str, Any]:
         rows.sort(key=lambda r: (names.index(r["run"]) if r["run"] in names else len(names), r["step"]))
         doc = {**header, "rows": rows}
-        _atomic_write_text(table_path, json.dumps(doc, indent=2) + "\n")
-        _atomic_write_text(out / "curve.md", _markdown(rows))
+        atomic_write_text(table_path, json.dumps(doc, indent=2) + "\n")
+        atomic_write_text(out / "curve.md", _markdown(rows))
         series = curve_series(rows, "R1")
         if series:
             title = "Zero-shot" if zero_shot else "Fine-tuned"

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,6 +18,8 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 import yaml
+
+from clipvip.atomic import atomic_write_text  # used by TrainConfig.save; importable from here as before
 
 TASKS = ("retrieval", "pretrain")
 PRECISIONS = ("fp32", "bf16", "fp16")
@@ -333,17 +334,3 @@ def load_config(path_or_dict: str | Path | Mapping[str, Any] | None, overrides: 
 def to_dict(cfg: TrainConfig) -> dict[str, Any]:
     """Plain-dict form (logged into every run folder as ``config.yaml``)."""
     return cfg.to_dict()
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a temporary file in the same folder and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise

@@ -22,7 +22,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import random
 import time
 from pathlib import Path
@@ -565,10 +564,10 @@ def _reconcile_kept(out_dir: Path, resume_dir: Path | None, step: int, keep_ever
     if removed:
         log.warning("removed %d kept checkpoint(s) of an earlier attempt beyond step %d (e.g. %s); this run "
                     "re-creates them", len(removed), max(step, 0), removed[0].name)
-    if resume_dir is not None and keep_every > 0 and step % keep_every == 0:
-        if not ckpt.is_complete(out_dir / ckpt.kept_name(step)):
-            ckpt.keep_checkpoint(resume_dir, out_dir, step)
-            log.info("re-created the kept checkpoint %s from %s", ckpt.kept_name(step), resume_dir)
+    due = resume_dir is not None and keep_every > 0 and step % keep_every == 0
+    if due and not ckpt.is_complete(out_dir / ckpt.kept_name(step)):
+        ckpt.keep_checkpoint(resume_dir, out_dir, step)
+        log.info("re-created the kept checkpoint %s from %s", ckpt.kept_name(step), resume_dir)
 
 
 def _all_rng_states(world: int) -> list[dict[str, Any]]:
