@@ -77,7 +77,7 @@ def _handler(args: argparse.Namespace) -> int:
     print(f"{res['num_texts']} texts x {res['num_videos']} videos, model {args.model}")
     print(format_table(tables))
     if res["failures"]:
-        print(f"{len(res['failures'])} video(s) failed to decode (zero embedding, counted as misses):")
+        print(f"{len(res['failures'])} video(s) failed to decode (guaranteed misses: ranked below every readable video):")
         for path, why in res["failures"][:10]:
             print(f"  {path}: {why}")
     if args.out:
