@@ -6,35 +6,26 @@ banks (:mod:`clipvip.demo.engine`) so every training stage reads tensors instead
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from clipvip.data.annotations import read_jsonl
 from clipvip.demo.engine import ClipBank, EvalSet, TextBank, decode_clips, tokenize_texts
 
 SPLITS = ("train", "val", "test")
 
 
 def read_records(path: Path) -> list[dict[str, Any]]:
-    """JSONL records, each with ``video`` resolved to an absolute path (relative paths are relative to the
-    file's folder). A bad line is an error naming the file and line."""
-    records = []
-    with open(path, encoding="utf-8") as fh:
-        for number, line in enumerate(fh, start=1):
-            if not line.strip():
-                continue
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{number}: not JSON ({exc})") from exc
-            if "video" not in rec:
-                raise ValueError(f"{path}:{number}: record without a 'video' field")
-            video = Path(str(rec["video"]))
-            rec["video"] = str(video if video.is_absolute() else (path.parent / video))
-            records.append(rec)
+    """Schema records (:func:`clipvip.data.annotations.read_jsonl`, whose errors name the file and line), each
+    with ``video`` resolved to an absolute path (relative paths are relative to the file's folder)."""
+    path = Path(path)
+    records = read_jsonl(path)
+    for rec in records:
+        video = Path(rec["video"])
+        rec["video"] = str(video if video.is_absolute() else (path.parent / video))
     return records
 
 
