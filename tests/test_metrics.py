@@ -76,10 +76,71 @@ def test_non_square_multi_caption_5x3():
     assert v2t["MnR"] == pytest.approx(4 / 3)
 
 
-def test_video_to_text_tie_between_own_captions_is_pessimistic():
-    # Video 0 has captions 0 and 1 with equal scores: each sees the other as a tie, so the best is 2.
+def test_video_to_text_own_captions_never_compete_with_each_other():
+    # Video 0 has captions 0 and 1 with equal scores: siblings are not competitors, so a tie is still rank 1.
     sim = np.array([[0.5, 0.0], [0.5, 0.0], [0.1, 0.9]])
-    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, [0, 0, 1]), [2, 1])
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, [0, 0, 1]), [1, 1])
+    # The issue's case: column 0 is (.9, .9, .2, .3), video 0 owns texts 0-1, nothing else reaches .9;
+    # column 1 is (.1, .1, .8, .7), video 1 owns texts 2-3, best .8, others .1: both are perfect hits.
+    sim = np.array([[0.9, 0.1], [0.9, 0.1], [0.2, 0.8], [0.3, 0.7]])
+    for convention in ("best-caption", "maxpool"):
+        np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, [0, 0, 1, 1], convention=convention), [1, 1])
+    # A tie with ANOTHER video's caption is still pessimistic: text 2 (video 1) scores .9 in column 0.
+    sim = np.array([[0.9, 0.1], [0.9, 0.1], [0.9, 0.8], [0.3, 0.7]])
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, [0, 0, 1, 1]), [2, 1])
+
+
+def test_video_to_text_conventions_hand_worked():
+    # 3 videos; video 0 owns texts 0-1, video 1 texts 2-4, video 2 text 5.
+    t2v = [0, 0, 1, 1, 1, 2]
+    sim = np.array(
+        [
+            [0.50, 0.10, 0.30],
+            [0.20, 0.00, 0.40],
+            [0.60, 0.30, 0.10],
+            [0.55, 0.20, 0.45],
+            [0.10, 0.35, 0.50],
+            [0.40, 0.40, 0.20],
+        ]
+    )
+    # best-caption: column 0, own best .50; other videos' texts >= .50: .60, .55 -> rank 3.
+    # column 1, own best .35 (text 4); others 0.10, 0.00, 0.40 -> one above -> rank 2.
+    # column 2, own best .20 (text 5); others .30 .40 .10 .45 .50 -> 4 above (.10 is below) -> rank 5.
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, t2v), [3, 2, 5])
+    # maxpool: column 0 pooled per video = (.50, .60, .40): video 1 above -> 2.
+    # column 1 pooled = (.10, .35, .40): video 2 above -> 2. column 2 pooled = (.40, .50, .20) -> 3.
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, t2v, convention="maxpool"), [2, 2, 3])
+    m = metrics.video_to_text_metrics(sim, t2v, convention="maxpool")
+    assert m["MnR"] == pytest.approx(7 / 3) and m["R1"] == 0.0
+    # Invalid video 1: worst rank of each convention (1 + 3 other captions; 3 videos).
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, t2v, invalid_videos=[1]), [3, 4, 5])
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, t2v, [1], convention="maxpool"), [2, 3, 3])
+    with pytest.raises(ValueError, match="convention"):
+        metrics.video_to_text_ranks(sim, t2v, convention="clip4clip")
+
+
+def test_conventions_agree_in_the_one_to_one_case():
+    rng = np.random.default_rng(1)
+    sim = rng.normal(size=(7, 7))
+    expected = metrics.match_ranks(sim.T)
+    for convention in ("best-caption", "maxpool"):
+        np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, convention=convention), expected)
+
+
+def test_conventions_match_loops_on_random_multi_caption(monkeypatch):
+    rng = np.random.default_rng(2)
+    t2v = [0, 0, 1, 2, 2, 2, 3, 4, 4]
+    sim = np.round(rng.uniform(-1, 1, size=(len(t2v), 5)), 1)  # rounded: many ties
+    monkeypatch.setattr(metrics, "_CHUNK_ELEMENTS", 10)  # several column chunks
+    best, pool = [], []
+    for v in range(5):
+        own = [i for i in range(len(t2v)) if t2v[i] == v]
+        top = max(sim[i, v] for i in own)
+        best.append(1 + sum(1 for k in range(len(t2v)) if t2v[k] != v and sim[k, v] >= top))
+        pooled = {u: max(sim[k, v] for k in range(len(t2v)) if t2v[k] == u) for u in range(5)}
+        pool.append(1 + sum(1 for u in range(5) if u != v and pooled[u] >= pooled[v]))
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, t2v), best)
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, t2v, convention="maxpool"), pool)
 
 
 def test_r_at_k_boundaries_and_chunking(monkeypatch):
@@ -141,7 +202,8 @@ def test_dsl_fixes_a_hub_video():
 def test_evaluate_similarity_and_table():
     sim = torch.eye(4) + 0.01 * torch.arange(16, dtype=torch.float32).reshape(4, 4)
     res = metrics.evaluate_similarity(sim)
-    assert set(res) == {"t2v", "v2t", "t2v_dsl", "v2t_dsl"}
+    assert set(res) == {"t2v", "v2t", "t2v_dsl", "v2t_dsl", "v2t_convention"}
+    assert res["v2t_convention"] == "best-caption"
     assert res["t2v"]["R1"] == 100.0
     assert set(res["t2v"]) == set(metrics.METRIC_KEYS)
     table = metrics.format_table(res)
@@ -149,7 +211,13 @@ def test_evaluate_similarity_and_table():
     assert lines[0].startswith("| direction | R@1")
     assert lines[2].startswith("| text->video | 100.0")
     assert lines[4].startswith("| text->video (DSL)")
-    assert set(metrics.evaluate_similarity(sim, dsl=False)) == {"t2v", "v2t"}
+    # video->text with DSL is not a separate row (it equals video->text); one line says why, one the convention.
+    assert not any("video->text (DSL)" in line for line in lines) and len(lines) == 7
+    assert lines[5].startswith("convention (best-caption): video->text: rank of the video's best caption")
+    assert "equals video->text" in lines[6]
+    assert set(metrics.evaluate_similarity(sim, dsl=False)) == {"t2v", "v2t", "v2t_convention"}
+    pooled = metrics.evaluate_similarity(sim, dsl=False, v2t_convention="maxpool")
+    assert "convention (maxpool): video->text: CLIP4Clip's" in metrics.format_table(pooled)
 
 
 def test_bad_inputs():
@@ -226,9 +294,9 @@ def test_invalid_video_multi_caption_v2t_and_even_a_perfect_column_misses():
     )
     np.testing.assert_array_equal(metrics.match_ranks(sim, t2v, invalid_videos=[1]), [1, 1, 3, 1, 2])
     # video->text: video 0's caption 0 tops column 0 (0.9): rank 1; video 1 is invalid: the worst rank, 5
-    # (the number of texts); video 2's column is (0.1, -0.3, 0.2, 0.4, 0.4): its captions 3 and 4 tie at
-    # the top, pessimistic rank 2 for each, so the video's best is 2.
-    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, t2v, invalid_videos=[1]), [1, 5, 2])
+    # (1 + the 4 captions of other videos); video 2's column is (0.1, -0.3, 0.2, 0.4, 0.4): its own captions
+    # 3 and 4 tie at the top, but siblings do not compete, so rank 1.
+    np.testing.assert_array_equal(metrics.video_to_text_ranks(sim, t2v, invalid_videos=[1]), [1, 5, 1])
 
 
 def _loop_ranks_t2v(d: np.ndarray, t2v: list[int], invalid: set[int]) -> list[int]:
@@ -248,11 +316,11 @@ def _loop_ranks_v2t(d: np.ndarray, t2v: list[int], invalid: set[int]) -> list[in
     n_texts, n_videos = d.shape
     out = []
     for v in range(n_videos):
+        own = [i for i in range(n_texts) if t2v[i] == v]
         if v in invalid:
-            out.append(n_texts)
+            out.append(1 + n_texts - len(own))
             continue
-        out.append(min(1 + sum(1 for k in range(n_texts) if k != i and d[k, v] >= d[i, v])
-                       for i in range(n_texts) if t2v[i] == v))
+        out.append(min(1 + sum(1 for k in range(n_texts) if t2v[k] != v and d[k, v] >= d[i, v]) for i in own))
     return out
 
 

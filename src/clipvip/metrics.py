@@ -10,6 +10,10 @@ Conventions (``docs/metrics.md`` explains each with examples):
   candidates whose score is >= the match's score. A constant matrix therefore ranks every match last, so a
   collapsed model can never look good. (The reference's ``np.where`` returns several hits on ties, a latent
   bug; with float features ties are rare and the two agree.)
+* Video->text with several captions per video has two conventions (``V2T_CONVENTIONS``), named in every
+  table and result: ``"best-caption"`` (default: the rank of the video's best caption among the other
+  videos' captions; its own captions never compete with each other) and ``"maxpool"`` (CLIP4Clip's: each
+  video's captions max-pooled, the video ranked among videos). They agree in the 1:1 case.
 * R@K is in percent; MdR is the median rank (the mean of the two middle ranks for an even count, as
   ``numpy.median``); MnR is the mean rank.
 * **Invalid videos** (``invalid_videos``: columns whose video could not be decoded, given as a bool mask
@@ -42,6 +46,8 @@ __all__ = [
     "retrieval_metrics",
     "video_to_text_metrics",
     "video_to_text_ranks",
+    "V2T_CONVENTIONS",
+    "DEFAULT_V2T_CONVENTION",
 ]
 
 METRIC_KEYS = ("R1", "R5", "R10", "MdR", "MnR")
@@ -130,39 +136,73 @@ def match_ranks(sim: Any, text_to_video: Any = None, invalid_videos: Any = None)
     return out.numpy()
 
 
-def video_to_text_ranks(sim: Any, text_to_video: Any = None, invalid_videos: Any = None) -> np.ndarray:
-    """For each video, the 1-based rank of its **best-ranked** matching text among all texts.
+#: The two video->text conventions of the multi-caption protocol (docs/metrics.md, "Protocols").
+V2T_CONVENTIONS = {
+    "best-caption": "video->text: rank of the video's best caption among all captions (its own other "
+                    "captions excluded)",
+    "maxpool": "video->text: CLIP4Clip's; each video's captions max-pooled, the video ranked among videos",
+}
+DEFAULT_V2T_CONVENTION = "best-caption"
 
-    Video ``v`` scores every text in column ``v``; a text ``i`` of ``v`` has rank
-    ``1 + #{k != i : sim[k, v] >= sim[i, v]}`` (pessimistic ties), and the video's rank is the minimum
-    over its texts: retrieving any one of its captions counts as a hit (the usual multi-caption protocol).
-    In the 1:1 case this is exactly the rank of the diagonal in ``sim.T``. Every video needs a text.
 
-    An invalid video gets the worst rank, ``n_texts`` (its column scored ``-inf`` everywhere: all texts
-    tie). Valid videos are unaffected: a video's ranking only reads its own column.
+def _check_convention(convention: str) -> str:
+    if convention not in V2T_CONVENTIONS:
+        raise ValueError(f"unknown video->text convention {convention!r}; expected one of {sorted(V2T_CONVENTIONS)}")
+    return convention
+
+
+def video_to_text_ranks(sim: Any, text_to_video: Any = None, invalid_videos: Any = None,
+                        convention: str = DEFAULT_V2T_CONVENTION) -> np.ndarray:
+    """For each video, its 1-based video->text rank (pessimistic ties) under ``convention``.
+
+    ``"best-caption"`` (default): video ``v`` scores every text in column ``v``; its rank is that of its
+    **best-scoring own caption** among the captions of the *other* videos,
+    ``1 + #{k : text_to_video[k] != v and sim[k, v] >= max_{i of v} sim[i, v]}``. A video's own captions
+    never compete with each other, so two of them tying is still a hit. Retrieving any one of its captions
+    counts (the usual multi-caption protocol); the worst rank is ``1 + #(other videos' captions)``.
+
+    ``"maxpool"`` (CLIP4Clip's): each candidate video ``u`` scores ``max_{k of u} sim[k, v]`` (its captions
+    max-pooled) and ``v`` is ranked among the videos, ``1 + #{u != v : pooled[u] >= pooled[v]}``; ranks go
+    up to ``n_videos``, so MdR/MnR are not comparable with ``"best-caption"``.
+
+    In the 1:1 case both are exactly the rank of the diagonal in ``sim.T``. Every video needs a text.
+    An invalid video gets the worst rank of its convention; valid videos are unaffected (a video's ranking
+    only reads its own column).
     """
+    _check_convention(convention)
     s = _as_tensor(sim)
     n_texts, n_videos = s.shape
     target = _default_index(s) if text_to_video is None else _as_index(text_to_video, n_texts, n_videos, s.device)
     invalid = _invalid_mask(invalid_videos, n_videos, s.device)
-    text_rank = torch.empty(n_texts, dtype=torch.long, device=s.device)
-    step = max(1, _CHUNK_ELEMENTS // max(1, n_texts))
-    for start in range(0, n_texts, step):
-        tgt = target[start : start + step]
-        cols = s[:, tgt]  # [n_texts, chunk]: the column of each chunk text's video
-        own = s[torch.arange(start, start + tgt.numel(), device=s.device), tgt]
-        text_rank[start : start + step] = (cols >= own.unsqueeze(0)).sum(dim=0)
-    best = torch.full((n_videos,), torch.iinfo(torch.long).max, dtype=torch.long, device=s.device)
-    best = best.scatter_reduce(0, target, text_rank, reduce="amin")
-    missing = (best == torch.iinfo(torch.long).max).nonzero().reshape(-1)
+    counts = torch.bincount(target, minlength=n_videos)
+    missing = (counts == 0).nonzero().reshape(-1)
     if missing.numel():
         raise ValueError(
             f"{missing.numel()} video(s) have no text, so video->text is undefined for them "
             f"(first: column {int(missing[0])})"
         )
+    ranks = torch.empty(n_videos, dtype=torch.long)
+    step = max(1, _CHUNK_ELEMENTS // max(1, n_texts))
+    for start in range(0, n_videos, step):
+        cols = torch.arange(start, min(start + step, n_videos), device=s.device)
+        block = s[:, cols]  # [n_texts, chunk]: column v of each chunk video
+        own = target.unsqueeze(1) == cols.unsqueeze(0)  # [n_texts, chunk]: text k belongs to video v
+        # The best own caption's score per video (every video has one, checked above).
+        best_own = block.masked_fill(~own, float("-inf")).amax(dim=0)
+        if convention == "best-caption":
+            beats = (block >= best_own.unsqueeze(0)) & ~own
+            ranks[start : start + cols.numel()] = (1 + beats.sum(dim=0)).cpu()
+        else:
+            pooled = torch.full((n_videos, cols.numel()), float("-inf"), dtype=block.dtype, device=s.device)
+            pooled = pooled.scatter_reduce(0, target.unsqueeze(1).expand_as(block), block, reduce="amax")
+            others = torch.ones_like(pooled, dtype=torch.bool)
+            others[cols, torch.arange(cols.numel(), device=s.device)] = False
+            beats = (pooled >= best_own.unsqueeze(0)) & others
+            ranks[start : start + cols.numel()] = (1 + beats.sum(dim=0)).cpu()
     if invalid is not None:
-        best = best.masked_fill(invalid, n_texts)
-    return best.cpu().numpy()
+        worst = (n_texts - counts + 1) if convention == "best-caption" else torch.full_like(counts, n_videos)
+        ranks = torch.where(invalid.cpu(), worst.cpu(), ranks)
+    return ranks.numpy()
 
 
 def ranks_to_metrics(ranks: Sequence[int] | np.ndarray) -> dict[str, float]:
@@ -190,9 +230,10 @@ def retrieval_metrics(sim: Any, text_to_video: Any = None, invalid_videos: Any =
     return ranks_to_metrics(match_ranks(sim, text_to_video, invalid_videos))
 
 
-def video_to_text_metrics(sim: Any, text_to_video: Any = None, invalid_videos: Any = None) -> dict[str, float]:
+def video_to_text_metrics(sim: Any, text_to_video: Any = None, invalid_videos: Any = None,
+                          convention: str = DEFAULT_V2T_CONVENTION) -> dict[str, float]:
     """Video->text metrics of a text x video matrix (rows texts): see :func:`video_to_text_ranks`."""
-    return ranks_to_metrics(video_to_text_ranks(sim, text_to_video, invalid_videos))
+    return ranks_to_metrics(video_to_text_ranks(sim, text_to_video, invalid_videos, convention))
 
 
 def dual_softmax(sim: Any, temperature: float = 100.0) -> Any:
@@ -214,24 +255,36 @@ def dual_softmax(sim: Any, temperature: float = 100.0) -> Any:
 
 
 def evaluate_similarity(sim: Any, text_to_video: Any = None, dsl: bool = True,
-                        invalid_videos: Any = None) -> dict[str, dict[str, float]]:
-    """All retrieval numbers of one evaluation: ``{"t2v", "v2t"}`` plus ``{"t2v_dsl", "v2t_dsl"}`` if ``dsl``.
+                        invalid_videos: Any = None,
+                        v2t_convention: str = DEFAULT_V2T_CONVENTION) -> dict[str, Any]:
+    """All retrieval numbers of one evaluation: ``{"t2v", "v2t", "v2t_convention"}`` plus ``"t2v_dsl"`` (and
+    ``"v2t_dsl"``, see below) if ``dsl``.
 
-    DSL re-scores the same matrix once and uses it for both directions, as the reference does.
+    ``v2t_convention`` names how the ``"v2t"`` table was computed (:data:`V2T_CONVENTIONS`); it is a string,
+    so code that keeps the dict-valued entries gets the tables only.
+
+    DSL re-scores the same matrix once and uses it for both directions, as the reference does. Its softmax
+    runs over the texts of each video's column, and ``x * exp(100 x)`` is increasing for ``x > -0.01``, so
+    a video's ranking of its texts, i.e. ``v2t_dsl``, equals ``v2t`` whenever the video's best caption scores
+    above -0.01 (always, in practice). ``v2t_dsl`` is kept in the dict for code that reads it, but
+    :func:`format_table` does not show it as a separate result.
+
     ``invalid_videos`` (undecodable videos: bool mask over columns, or indices) are guaranteed misses in all
-    four tables. They are masked *after* DSL, in each table: DSL's softmax runs over the texts of one
-    column, so an invalid column never changes the re-scored values of a valid one, and masking it to
-    ``-inf`` before DSL would turn its column into NaN.
+    tables. They are masked *after* DSL, in each table: DSL's softmax runs over the texts of one column, so
+    an invalid column never changes the re-scored values of a valid one, and masking it to ``-inf`` before
+    DSL would turn its column into NaN.
     """
+    _check_convention(v2t_convention)
     s = _as_tensor(sim)
-    results = {
+    results: dict[str, Any] = {
         "t2v": retrieval_metrics(s, text_to_video, invalid_videos),
-        "v2t": video_to_text_metrics(s, text_to_video, invalid_videos),
+        "v2t": video_to_text_metrics(s, text_to_video, invalid_videos, v2t_convention),
     }
     if dsl:
         d = dual_softmax(s)
         results["t2v_dsl"] = retrieval_metrics(d, text_to_video, invalid_videos)
-        results["v2t_dsl"] = video_to_text_metrics(d, text_to_video, invalid_videos)
+        results["v2t_dsl"] = video_to_text_metrics(d, text_to_video, invalid_videos, v2t_convention)
+    results["v2t_convention"] = v2t_convention
     return results
 
 
@@ -239,21 +292,31 @@ _ROW_LABELS = {
     "t2v": "text->video",
     "v2t": "video->text",
     "t2v_dsl": "text->video (DSL)",
-    "v2t_dsl": "video->text (DSL)",
 }
+#: Tables computed but not shown as separate results (``format_table``), with the one-line reason.
+_HIDDEN = {"v2t_dsl": "DSL re-scores each video's column by a softmax over texts, which keeps the column's "
+                      "order, so video->text with DSL equals video->text and is not shown."}
 
 
-def format_table(results: Mapping[str, Mapping[str, float]]) -> str:
-    """A markdown table with one row per direction (plain rows first, then DSL) and the five metrics."""
+def format_table(results: Mapping[str, Any], v2t_convention: str | None = None) -> str:
+    """A markdown table with one row per direction (plain rows first, then DSL) and the five metrics,
+    followed by a line naming the video->text convention (``v2t_convention``, else the one recorded in
+    ``results``, else the default) and, when DSL is shown, why video->text has no DSL row."""
     header = "| direction | R@1 | R@5 | R@10 | MdR | MnR |"
     lines = [header, "|---|---:|---:|---:|---:|---:|"]
-    keys = [k for k in _ROW_LABELS if k in results] + [k for k in results if k not in _ROW_LABELS]
+    tables = {k: v for k, v in results.items() if isinstance(v, Mapping) and k not in _HIDDEN}
+    keys = [k for k in _ROW_LABELS if k in tables] + [k for k in tables if k not in _ROW_LABELS]
     for key in keys:
-        m = results[key]
+        m = tables[key]
         label = _ROW_LABELS.get(key, key)
         lines.append(
             f"| {label} | {m['R1']:.1f} | {m['R5']:.1f} | {m['R10']:.1f} | {m['MdR']:.1f} | {m['MnR']:.1f} |"
         )
+    convention = v2t_convention or results.get("v2t_convention") or DEFAULT_V2T_CONVENTION
+    if "v2t" in tables:
+        lines.append(f"convention ({convention}): {V2T_CONVENTIONS[_check_convention(str(convention))]}.")
+    if "t2v_dsl" in tables:
+        lines.append(_HIDDEN["v2t_dsl"])
     return "\n".join(lines)
 
 

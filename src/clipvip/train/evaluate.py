@@ -192,15 +192,17 @@ def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int
                        max_length: int, batch_size: int = 16, device: str | torch.device = "cpu",
                        video_root: str | None = None, paragraph: bool = False, dsl: bool = True,
                        num_workers: int = 0, progress: bool = False,
-                       autocast_dtype: torch.dtype | None = None, distributed: bool = False
-                       ) -> dict[str, Any] | None:
+                       autocast_dtype: torch.dtype | None = None, distributed: bool = False,
+                       v2t_convention: str = "best-caption") -> dict[str, Any] | None:
     """Text→video and video→text tables (plus DSL) of ``model`` on ``data``.
 
     ``distributed=True`` (every rank of an initialised process group must call it) shards the videos across
     the ranks; rank 0 returns the results and the other ranks ``None``.
 
     ``data`` is an annotation JSONL path or an evaluation dataset object (``texts``, ``text_to_video``,
-    items with ``pixel_values``). Returns ``{"t2v", "v2t", "t2v_dsl", "v2t_dsl", "failures",
+    items with ``pixel_values``). ``v2t_convention`` chooses the multi-caption video→text convention
+    (``"best-caption"`` or CLIP4Clip's ``"maxpool"``, :mod:`clipvip.metrics`) and is recorded in the result
+    as ``"v2t_convention"``. Returns ``{"t2v", "v2t", "t2v_dsl", "v2t_dsl", "v2t_convention", "failures",
     "invalid_videos", "num_texts", "num_videos"}``; ``failures`` is a list of ``[path, reason]`` and
     ``invalid_videos`` the sorted rows (video columns) of those failures. The tables are over all videos,
     failures included as guaranteed misses (module doc).
@@ -239,7 +241,8 @@ def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int
         model.train(was_training)
     sim = t @ v.T
     invalid = sorted({row for row, _path, _why in failures})
-    results: dict[str, Any] = dict(evaluate_similarity(sim, text_to_video, dsl=dsl, invalid_videos=invalid))
+    results: dict[str, Any] = dict(evaluate_similarity(sim, text_to_video, dsl=dsl, invalid_videos=invalid,
+                                                                v2t_convention=v2t_convention))
     results["failures"] = [[p, r] for _row, p, r in failures]
     results["invalid_videos"] = invalid
     results["num_texts"] = len(texts)
