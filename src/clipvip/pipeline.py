@@ -329,22 +329,19 @@ def _resolve_tokenizer(
         return tokenizer, None
     if tokenizer is not None:
         return load_tokenizer(str(tokenizer)), str(Path(tokenizer).resolve()) if Path(tokenizer).exists() else str(tokenizer)
-    if kind == "registry":
-        raise ValueError(
-            f"model {spec!r} is a registry architecture with random weights and no tokenizer: pass "
-            f"tokenizer= (a tokenizer directory, or CLIP's bpe_simple_vocab_16e6.txt.gz)"
-        )
+    if kind in ("registry", "official"):
+        # OpenAI CLIP's vocabulary ships with the package: these work offline with no tokenizer given.
+        from clipvip.tokenizer import BUNDLED_BPE
+
+        return load_tokenizer(None), str(BUNDLED_BPE)
     try:
         return load_tokenizer(default_spec), default_spec
     except Exception as exc:  # noqa: BLE001
         if kind == "ours":
-            hint = f"{path} holds no tokenizer files; pass tokenizer= (a directory or CLIP's BPE file)"
-        elif kind == "official":
-            hint = (f"official checkpoints use OpenAI CLIP's tokenizer, fetched from the hub as "
-                    f"{DEFAULT_CLIP_TOKENIZER!r} (needs the internet once); offline, pass tokenizer= "
-                    f"CLIP's bpe_simple_vocab_16e6.txt.gz or a tokenizer directory")
+            hint = (f"{path} holds no tokenizer files; pass a tokenizer (--tokenizer on the command line, "
+                    f"tokenizer= in Python: a directory or CLIP's BPE file)")
         else:
-            hint = "pass tokenizer= explicitly"
+            hint = "pass a tokenizer explicitly (--tokenizer on the command line, tokenizer= in Python)"
         raise ValueError(f"cannot load the tokenizer for {spec}: {type(exc).__name__}: {exc}. {hint}") from exc
 
 

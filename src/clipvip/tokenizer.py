@@ -1,15 +1,20 @@
 """CLIP's byte-level BPE tokenizer, loaded through transformers, with OpenAI CLIP's exact ids.
 
-Three sources (:func:`load_tokenizer`): a saved tokenizer directory, a hub name, or OpenAI's
+Sources (:func:`load_tokenizer`): OpenAI's vocabulary **bundled with the package**
+(``clipvip/assets/bpe_simple_vocab_16e6.txt.gz``, MIT, see ``NOTICE-openai-clip.txt``; the default, so
+registry models and official checkpoints work offline), a saved tokenizer directory, a hub name, or any
 ``bpe_simple_vocab_16e6.txt.gz`` (turned into ``vocab.json`` + ``merges.txt`` the way OpenAI's
 ``SimpleTokenizer`` builds its vocabulary, cached under ``~/.cache/clipvip/tokenizers``).
 :func:`build_word_tokenizer` writes a tiny CLIP-format tokenizer whose vocabulary is a given word list, for
 the synthetic world and the demo (nothing to download).
 
-Use :func:`tokenize` to turn texts into model inputs: it applies the clean-up OpenAI CLIP applies before BPE
-(HTML entities unescaped twice, NFC, whitespace collapsed, lower case) which transformers' normaliser lacks
-(it has no ``html.unescape``), and it keeps EOT as the last token of a truncated text, as OpenAI's
-``tokenize(truncate=True)`` does.
+**One clean-up path.** OpenAI CLIP cleans every text before BPE (``ftfy.fix_text``, HTML entities unescaped
+twice, whitespace runs collapsed, stripped, lower-cased: :func:`clean_text`); transformers' CLIP normaliser
+does only NFC, whitespace and lower case, so curly quotes, ligatures, fullwidth letters, mojibake and
+entities gave other ids. CLIP tokenizers returned by :func:`load_tokenizer` are
+:class:`OpenAICLIPTokenizer`, which applies :func:`clean_text` inside its own encoding, so its HF-style
+``__call__``/``encode``/``tokenize`` and :func:`tokenize` all give OpenAI's ids. :func:`tokenize` also keeps
+EOT as the last token of a truncated text, as OpenAI's ``tokenize(truncate=True)`` does.
 """
 
 from __future__ import annotations
@@ -20,7 +25,6 @@ import html
 import json
 import os
 import re
-import unicodedata
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +32,9 @@ from typing import Any
 import torch
 
 from clipvip.atomic import atomic_write_text
+
+#: OpenAI CLIP's BPE vocabulary shipped inside the package (MIT; licence in NOTICE-openai-clip.txt).
+BUNDLED_BPE = Path(__file__).resolve().parent / "assets" / "bpe_simple_vocab_16e6.txt.gz"
 
 START = "<|startoftext|>"
 END = "<|endoftext|>"
@@ -73,10 +80,11 @@ def _from_files(directory: Path, max_length: int) -> Any:
     4.x ``vocab_file``/``merges_file``)."""
     import transformers
 
+    cls = openai_clip_tokenizer_class()
     vocab, merges = str(directory / "vocab.json"), str(directory / "merges.txt")
     if int(transformers.__version__.split(".")[0]) >= 5:
-        return transformers.CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
-    return transformers.CLIPTokenizerFast(vocab_file=vocab, merges_file=merges, model_max_length=max_length)
+        return cls(vocab=vocab, merges=merges, model_max_length=max_length)
+    return cls(vocab_file=vocab, merges_file=merges, model_max_length=max_length)
 
 
 def bpe_to_tokenizer_dir(bpe_path: str | Path, out_dir: str | Path | None = None) -> Path:
@@ -153,14 +161,17 @@ def resolve_hub_name(name: str, what: str = "files", needs: Sequence[str] = ()) 
     return name
 
 
-def load_tokenizer(spec: str | Path, max_length: int = 77) -> Any:
-    """A transformers CLIP tokenizer from a directory, a hub name, or the OpenAI BPE ``.txt.gz`` file.
+def load_tokenizer(spec: str | Path | None = None, max_length: int = 77) -> Any:
+    """A CLIP tokenizer from the bundled vocabulary (``spec=None``), a directory, a hub name, or an OpenAI
+    BPE ``.txt.gz`` file.
 
+    CLIP-class tokenizers come back as :class:`OpenAICLIPTokenizer` (OpenAI's clean-up inside, module doc);
+    a directory or hub repo holding another tokenizer class is loaded by ``AutoTokenizer`` unchanged.
     ``max_length`` becomes ``model_max_length`` (77 for CLIP; the recipes use 50 or 70). The pad token is
     ``<|endoftext|>``, as in the official pipeline (reference §2). A hub name is taken from the cache when
     there, and fails at once when neither cached nor reachable (:func:`resolve_hub_name`).
     """
-    text = str(spec)
+    text = str(BUNDLED_BPE if spec is None else spec)
     path = Path(text)
     if text.endswith(".gz"):
         if not path.is_file():
@@ -168,8 +179,6 @@ def load_tokenizer(spec: str | Path, max_length: int = 77) -> Any:
         directory = bpe_to_tokenizer_dir(path)
         tok = _from_files(directory, max_length)
     else:
-        from transformers import AutoTokenizer
-
         if not path.is_dir():
             path = Path(resolve_hub_name(text, "tokenizer", needs=TOKENIZER_FILES))
         if path.is_dir() and not any((path / n).is_file() for n in TOKENIZER_FILES):
@@ -179,7 +188,7 @@ def load_tokenizer(spec: str | Path, max_length: int = 77) -> Any:
         else:
             source = str(path) if path.is_dir() else text
             try:
-                tok = AutoTokenizer.from_pretrained(source, local_files_only=path.is_dir())
+                tok = _from_pretrained(source, local_files_only=path.is_dir())
             except (OSError, ValueError) as exc:
                 raise FileNotFoundError(f"cannot load a tokenizer from {text}: {exc}") from exc
     tok.model_max_length = max_length
@@ -188,26 +197,125 @@ def load_tokenizer(spec: str | Path, max_length: int = 77) -> Any:
     return tok
 
 
+def _from_pretrained(source: str, local_files_only: bool) -> Any:
+    """``from_pretrained`` with :class:`OpenAICLIPTokenizer` when the saved class is CLIP's, else AutoTokenizer."""
+    from transformers import AutoTokenizer
+
+    config_file = Path(source) / "tokenizer_config.json"
+    saved_class = None
+    if config_file.is_file():
+        try:
+            saved_class = json.loads(config_file.read_text(encoding="utf-8")).get("tokenizer_class")
+        except (OSError, ValueError, AttributeError) as exc:
+            raise ValueError(f"{config_file}: not a readable tokenizer config ({exc})") from exc
+    if saved_class in (None, "CLIPTokenizer", "CLIPTokenizerFast", "OpenAICLIPTokenizer"):
+        try:
+            return openai_clip_tokenizer_class().from_pretrained(source, local_files_only=local_files_only)
+        except (OSError, ValueError):
+            if saved_class is not None:
+                raise
+    return AutoTokenizer.from_pretrained(source, local_files_only=local_files_only)
+
+
+def _whitespace_pattern() -> Any:
+    """OpenAI cleans whitespace with the ``regex`` module's ``\\s`` (Unicode White_Space), which differs from
+    ``re``'s for a few control characters; ``regex`` comes with transformers, ``re`` is the fallback."""
+    try:
+        import regex
+    except ImportError:  # pragma: no cover - transformers depends on regex
+        return re.compile(r"\s+")
+    return regex.compile(r"\s+")
+
+
+_WHITESPACE = _whitespace_pattern()
+
+
 def clean_text(text: str) -> str:
-    """OpenAI CLIP's pre-BPE clean-up without ftfy: HTML entities unescaped twice (``&amp;amp;`` -> ``&``),
-    NFC normalisation (what ftfy's ``fix_text`` does to already-valid text), whitespace runs to one space,
-    stripped. Lower-casing is done by the tokenizer's normaliser."""
-    text = html.unescape(html.unescape(text)).strip()
-    text = unicodedata.normalize("NFC", text)
-    return re.sub(r"\s+", " ", text).strip()
+    """OpenAI CLIP's clean-up before BPE: ``ftfy.fix_text`` (mojibake, curly quotes, ligatures, fullwidth
+    letters, NFC), HTML entities unescaped twice (``&amp;amp;`` -> ``&``), whitespace runs to one space,
+    stripped, lower-cased: the text OpenAI's ``SimpleTokenizer.encode`` splits into words."""
+    import ftfy
+
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return _WHITESPACE.sub(" ", text).strip().lower()
+
+
+def _clean_input(text: Any) -> Any:
+    """:func:`clean_text` on a string or each string of a (nested) list; anything else unchanged."""
+    if isinstance(text, str):
+        return clean_text(text)
+    if isinstance(text, (list, tuple)):
+        return type(text)(_clean_input(t) for t in text)
+    return text
+
+
+_TOKENIZER_CLASS: type | None = None
+
+
+def openai_clip_tokenizer_class() -> type:
+    """:class:`OpenAICLIPTokenizer`: transformers' CLIP tokenizer that applies :func:`clean_text` itself.
+
+    Built on first use (transformers is imported lazily), on ``CLIPTokenizer`` in transformers 5 and
+    ``CLIPTokenizerFast`` in 4.x. Every encoding entry point (``__call__``, ``encode``, ``encode_plus``,
+    ``tokenize``, batches) goes through ``_encode_plus`` (and 4.x's ``_batch_encode_plus``), which clean the
+    text first; pre-split words (``is_split_into_words=True``) are passed through unchanged. Saved folders
+    record ``tokenizer_class: CLIPTokenizer`` so other libraries load them as plain CLIP tokenizers.
+    """
+    global _TOKENIZER_CLASS
+    if _TOKENIZER_CLASS is not None:
+        return _TOKENIZER_CLASS
+    import transformers
+
+    base = transformers.CLIPTokenizer if int(transformers.__version__.split(".")[0]) >= 5 else transformers.CLIPTokenizerFast
+
+    class OpenAICLIPTokenizer(base):  # type: ignore[misc, valid-type]
+        """A transformers CLIP tokenizer giving OpenAI CLIP's exact ids (clean-up inside; module doc)."""
+
+        #: :func:`tokenize` reads this to know the text needs no clean-up before calling the tokenizer.
+        cleans_text = True
+
+        def _encode_plus(self, text: Any, text_pair: Any = None, *args: Any, **kwargs: Any) -> Any:
+            if not kwargs.get("is_split_into_words", False):
+                text, text_pair = _clean_input(text), _clean_input(text_pair)
+            return super()._encode_plus(text, text_pair, *args, **kwargs)
+
+        if hasattr(base, "_batch_encode_plus"):
+            def _batch_encode_plus(self, batch_text_or_text_pairs: Any, *args: Any, **kwargs: Any) -> Any:
+                if not kwargs.get("is_split_into_words", False):
+                    batch_text_or_text_pairs = _clean_input(batch_text_or_text_pairs)
+                return super()._batch_encode_plus(batch_text_or_text_pairs, *args, **kwargs)
+
+        def save_pretrained(self, save_directory: Any, *args: Any, **kwargs: Any) -> Any:
+            out = super().save_pretrained(save_directory, *args, **kwargs)
+            config_file = Path(save_directory) / "tokenizer_config.json"
+            if config_file.is_file():
+                config = json.loads(config_file.read_text(encoding="utf-8"))
+                if config.get("tokenizer_class") == type(self).__name__:
+                    config["tokenizer_class"] = "CLIPTokenizer"
+                    atomic_write_text(config_file, json.dumps(config, indent=2, ensure_ascii=False) + "\n")
+            return out
+
+    OpenAICLIPTokenizer.__module__ = __name__
+    OpenAICLIPTokenizer.__qualname__ = "OpenAICLIPTokenizer"
+    _TOKENIZER_CLASS = OpenAICLIPTokenizer
+    return OpenAICLIPTokenizer
 
 
 def tokenize(tokenizer: Any, texts: str | Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
     """Texts -> ``{"input_ids", "attention_mask"}`` int64 ``[N, max_length]``, padded with the EOT id.
 
-    A text longer than ``max_length`` is cut so that its last token is EOT (OpenAI's truncate=True
-    behaviour), which EOT pooling relies on; the attention mask is 1 up to and including that EOT.
+    The clean-up is the tokenizer's own when it has one (``cleans_text``, :class:`OpenAICLIPTokenizer`);
+    for any other tokenizer object :func:`clean_text` is applied here, once. A text longer than
+    ``max_length`` is cut so that its last token is EOT (OpenAI's truncate=True behaviour), which EOT
+    pooling relies on; the attention mask is 1 up to and including that EOT.
     """
     if isinstance(texts, str):
         texts = [texts]
+    texts = list(texts)
+    if not getattr(tokenizer, "cleans_text", False):
+        texts = [clean_text(t) for t in texts]
     max_length = int(max_length or tokenizer.model_max_length or 77)
-    enc = tokenizer([clean_text(t) for t in texts], padding="max_length", truncation=True,
-                    max_length=max_length, return_tensors="pt")
+    enc = tokenizer(texts, padding="max_length", truncation=True, max_length=max_length, return_tensors="pt")
     ids = enc["input_ids"].to(torch.int64)
     mask = enc["attention_mask"].to(torch.int64)
     eot = tokenizer.convert_tokens_to_ids(END)
