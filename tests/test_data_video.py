@@ -215,3 +215,74 @@ def test_decord_backend_matches_pyav():
     b = load_frames(path, 6).int()
     # Same frames; the two libraries' YUV->RGB conversions may differ by a few levels.
     assert (a - b).abs().float().mean() < 3.0
+
+
+# ------------------------------------------------------------------------------------------------------
+# Truncation (issue 11 item 5): a file cut exactly at a packet boundary demuxes cleanly into fewer frames;
+# only the container's promise (its duration header) tells that something is missing.
+def _cut_at_packet(src: Path, dst: Path, k: int) -> Path:
+    """``dst`` = the bytes of ``src`` up to (not including) its ``k``-th video packet."""
+    with av.open(str(src)) as c:
+        pos = [p.pos for p in c.demux(c.streams.video[0]) if p.size]
+    dst.write_bytes(src.read_bytes()[: pos[k]])
+    return dst
+
+
+def _encode_faststart(path: Path, n: int) -> Path:
+    """An mp4 whose index (moov) comes first, so a cut file still opens and promises every frame."""
+    with av.open(str(path), "w", format="mp4", options={"movflags": "+faststart"}) as c:
+        s = c.add_stream("libx264", rate=30)
+        s.width, s.height, s.pix_fmt, s.options = 32, 32, "yuv420p", {"g": "30"}
+        for i in range(n):
+            a = np.full((32, 32, 3), 40, np.uint8)
+            a[..., 0] = (i * 9) % 256
+            a[:, i % 32] = 255
+            for p in s.encode(av.VideoFrame.from_ndarray(a, format="rgb24")):
+                c.mux(p)
+        for p in s.encode():
+            c.mux(p)
+    return path
+
+
+@pytest.mark.parametrize("ext", ["mkv", "mp4"])
+def test_truncated_at_a_packet_boundary_is_reported_and_the_readable_part_used(tmp_path, caplog, ext):
+    # mkv: the segment header keeps the duration, clusters after the cut are simply absent;
+    # mp4 with the index first (faststart): the index promises 330 samples, the data of 220 is gone.
+    full = (_encode(tmp_path / "full.mkv", "matroska", "libx264", n=330, w=32, h=32, rate=30, opts={"g": "30"})
+            if ext == "mkv" else _encode_faststart(tmp_path / "full.mp4", 330))
+    cut = _cut_at_packet(full, tmp_path / f"cut.{ext}", 110)
+    whole = read_info(full)
+    assert (whole.num_frames, whole.truncated, whole.promised_frames) == (330, False, 330)
+    info = read_info(cut)
+    assert info.num_frames == 110 and info.truncated
+    assert info.promised_duration == pytest.approx(11.0) and info.promised_frames == 330
+    assert info.duration == pytest.approx(110 / 30, abs=1e-3)
+    with caplog.at_level("WARNING", logger="clipvip.data.video"):
+        frames = load_frames(cut, 4)
+    warnings = [r.getMessage() for r in caplog.records if "truncated" in r.getMessage()]
+    assert len(warnings) == 1 and str(cut) in warnings[0]
+    assert "330 frames / 11.00 s" in warnings[0] and "110 frames / 3.67 s" in warnings[0]
+    # The readable part is sampled: uniform indices over its 110 frames, the same pixels as the full file.
+    reference = decode_all(full)
+    idx = sample_indices(110, 4, "uniform")
+    assert torch.equal(frames, reference[torch.as_tensor(idx)])
+
+
+def test_truncated_before_the_first_packet_raises(tmp_path):
+    full = _encode(tmp_path / "full.mkv", "matroska", "libx264", n=30, w=32, h=32, rate=30)
+    cut = _cut_at_packet(full, tmp_path / "cut.mkv", 0)
+    for fn in (read_info, load_frames):
+        with pytest.raises(VideoDecodeError) as err:
+            fn(cut)
+        assert err.value.path == str(cut)
+
+
+def test_real_files_are_not_truncated():
+    from conftest import ASSETS
+
+    files = sorted((ASSETS / "videos").rglob("*.mp4"))
+    if not files:
+        pytest.skip("no real videos under ../shared/assets/videos")
+    for f in files:  # includes vid1.mp4 (an edit list hides 18 of 74 samples) and fragmented parakeet-ladder
+        info = read_info(f)
+        assert not info.truncated and info.promised_frames == info.num_frames, f.name

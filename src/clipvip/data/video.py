@@ -20,7 +20,9 @@ Images (png/jpg/...) are 1-frame videos.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -55,6 +57,39 @@ class VideoInfo:
     duration: float
     width: int
     height: int
+    #: The container promises more than can be read (cut-off download or copy): see :func:`is_truncated`.
+    truncated: bool = False
+    #: What the container's header promises (seconds; frames at ``fps``), ``None`` when it says nothing.
+    promised_duration: float | None = None
+    promised_frames: int | None = None
+
+
+TRUNCATION_TOLERANCE = (0.5, 0.02)
+"""A video is *truncated* when its header promises more than ``max(0.5 s, 2 %)`` of playing time beyond
+the last readable frame. Real files match their header to one frame (all shared assets, edit-listed
+ones included); the slack absorbs containers that round durations or count a trailing audio packet."""
+
+
+def is_truncated(promised: float | None, readable: float) -> bool:
+    """True when ``promised`` seconds exceed the ``readable`` seconds by more than :data:`TRUNCATION_TOLERANCE`."""
+    if promised is None:
+        return False
+    absolute, relative = TRUNCATION_TOLERANCE
+    return promised - readable > max(absolute, relative * promised)
+
+
+_warned_truncated: set[str] = set()
+
+
+def warn_if_truncated(path: str, info: VideoInfo) -> None:
+    """Log (once per file and process) that ``path`` is truncated, with the promised and readable sizes."""
+    if not info.truncated or path in _warned_truncated:
+        return
+    _warned_truncated.add(path)
+    promised = f"{info.promised_frames} frames / " if info.promised_frames else ""
+    log.warning("%s: truncated: the container promises %s%.2f s but only %d frames / %.2f s can be read; "
+                "using the readable part", path, promised, info.promised_duration or 0.0, info.num_frames,
+                info.duration)
 
 
 RngLike = np.random.Generator | int | None
@@ -332,7 +367,24 @@ class PyAVReader:
 
     def info(self) -> VideoInfo:
         n = self.num_frames()
-        return _make_info(self._stream, n, self.frame_times())
+        info = _make_info(self._stream, n, self.frame_times())
+        promised = self._promised_duration()
+        if promised is None:
+            return info
+        return dataclasses.replace(
+            info, promised_duration=promised, truncated=is_truncated(promised, info.duration),
+            promised_frames=round(promised * info.fps) if info.fps else None)
+
+    def _promised_duration(self) -> float | None:
+        """Seconds of video the header promises: the stream's duration, else the container's (mkv keeps it
+        in the segment header, so a file cut between clusters still promises the whole length)."""
+        stream, container = self._stream, self._container
+        seconds = None
+        if stream.duration and stream.time_base:
+            seconds = float(stream.duration * stream.time_base)
+        elif container.duration:
+            seconds = container.duration / 1_000_000  # AV_TIME_BASE
+        return seconds if seconds is not None and math.isfinite(seconds) and seconds > 0 else None
 
     def frame_times(self) -> list[float]:
         self._index()
@@ -655,6 +707,8 @@ def load_clip(
     path = reader.path
     try:
         times = reader.frame_times()
+        if isinstance(reader, PyAVReader):  # the other backends do not read the header's promise
+            warn_if_truncated(path, reader.info())
         if expected_frames is not None and len(times) != int(expected_frames):
             raise VideoDecodeError(
                 path, f"has {len(times)} frames but its metadata says {int(expected_frames)} (truncated or corrupt)"
