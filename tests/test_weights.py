@@ -203,3 +203,64 @@ def test_inflate_is_strict_seedable_and_keeps_or_resets_the_temperature():
     state = dict(image.state_dict(), stray=torch.zeros(1))
     with pytest.raises(CheckpointError, match=r"the image model(.|\n)*unexpected \(1\): stray"):
         inflate(state, video_cfg, source="the image model")
+
+
+def _not_checkpoints(tmp_path):
+    """Files that are not (complete) checkpoints, each made here: name -> path."""
+    import os
+
+    files = {"empty": tmp_path / "empty.pt", "text": tmp_path / "text.pt", "random": tmp_path / "random.pt",
+             "half_zip": tmp_path / "half_zip.pt", "half_legacy": tmp_path / "half_legacy.pt",
+             "numpy": tmp_path / "numpy.pt", "pickle5": tmp_path / "pickle5.pt"}
+    files["empty"].write_bytes(b"")
+    files["text"].write_text("hello world\n")
+    files["random"].write_bytes(os.urandom(2000))
+    for name, zipped in (("half_zip", True), ("half_legacy", False)):
+        full = tmp_path / f"{name}.full"
+        torch.save({"clipmodel.logit_scale": torch.ones(())}, full, _use_new_zipfile_serialization=zipped)
+        data = full.read_bytes()
+        files[name].write_bytes(data[: len(data) // 2])
+    import numpy as np
+
+    with open(files["numpy"], "wb") as fh:
+        np.save(fh, np.ones(3))
+    with open(files["pickle5"], "wb") as fh:
+        pickle.dump({"a": 1}, fh, protocol=5)
+    return files
+
+
+def test_files_that_are_not_checkpoints_get_one_clear_error_naming_the_file(tmp_path):
+    files = _not_checkpoints(tmp_path)
+    expected = {"empty": "is empty (0 bytes): not a checkpoint"}
+    for name, path in files.items():
+        with pytest.raises(CheckpointError) as err:  # before: IndexError (empty), "load failed: 101" (text)
+            CLIPViP.from_official_checkpoint(path)
+        message = str(err.value)
+        assert str(path) in message, message
+        assert expected.get(name, "not a checkpoint") in message, message
+        assert "refusing" not in message  # these hold no code: they are simply not checkpoints
+
+
+def test_checkpoints_without_a_state_dict_are_named(tmp_path):
+    torch.save(torch.ones(3), tmp_path / "tensor.pt")
+    torch.save({"a": "text"}, tmp_path / "strings.pt")
+    torch.save({}, tmp_path / "nothing.pt")
+    for name, what in (("tensor", "Tensor"), ("strings", "non-tensor values"), ("nothing", "an empty dict")):
+        with pytest.raises(CheckpointError, match=rf"{name}\.pt is not a checkpoint: expected a state dict of "
+                                                  rf"tensors, got .*{what}"):
+            CLIPViP.from_official_checkpoint(tmp_path / f"{name}.pt")
+
+
+def test_config_values_torch_rejects_are_wrapped_naming_the_config(tmp_path):
+    import json
+
+    model = CLIPViP(CLIPViPConfig.from_name("clipvip-tiny"))
+    out = model.save_pretrained(tmp_path / "m")
+    good = json.loads((out / "config.json").read_text())
+    for section, key, value in (("vision", "num_hidden_layers", 2.5), (None, "projection_dim", [32])):
+        cfg = json.loads(json.dumps(good))
+        (cfg[section] if section else cfg)[key] = value
+        (out / "config.json").write_text(json.dumps(cfg))
+        with pytest.raises(CheckpointError) as err:  # before: a raw torch TypeError
+            CLIPViP.from_pretrained(out)
+        assert str(out / "config.json") in str(err.value)

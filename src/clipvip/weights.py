@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Mapping
@@ -49,7 +50,11 @@ def load_state_dict_strict(model: CLIPViP, state: Mapping[str, Tensor], source: 
         raise CheckpointError("\n".join(lines))
     with torch.no_grad():
         for key, value in state.items():
-            own[key].copy_(value.to(own[key].dtype))
+            try:
+                own[key].copy_(value.to(own[key].dtype))
+            except (RuntimeError, TypeError) as exc:
+                raise CheckpointError(f"cannot load {source}: tensor {key} ({value.dtype}) does not fit the "
+                                      f"model ({_first_line(exc)})") from None
 
 
 # ---------------------------------------------------------------------------------------------- inflation
@@ -125,21 +130,51 @@ def from_clip(name_or_dir: str | Path, **overrides: Any) -> CLIPViP:
 
 
 # ---------------------------------------------------------------------------------------------- official .pt
+def _first_line(exc: BaseException) -> str:
+    """``Type: first line of the message`` (some torch errors, e.g. ``EOFError()``, have no message)."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
+
+
 def _read_torch_file(path: Path) -> dict[str, Tensor]:
-    if not path.is_file():
+    """The tensors of a ``.pt``/``.pth``/``.bin`` file, loaded with ``weights_only=True``.
+
+    Every failure is a :class:`CheckpointError` naming the file and what it is: empty, not a checkpoint (or a
+    truncated one), or refused because it holds pickled code / objects other than tensors.
+    """
+    import pickle
+
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {path} does not exist")
+    if not path.is_file():
+        raise CheckpointError(f"{path} is not a file (expected a .pt checkpoint)")
+    size = path.stat().st_size
+    if size == 0:
+        raise CheckpointError(f"{path} is empty (0 bytes): not a checkpoint (an interrupted download or copy?)")
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # weights_only raises UnpicklingError on code payloads
-        raise CheckpointError(f"refusing to load {path}: not a plain tensor checkpoint "
-                              f"(weights_only=True load failed: {str(exc).splitlines()[0]})") from exc
+    except pickle.UnpicklingError as exc:
+        found = re.search(r"GLOBAL ([\w.]+)", str(exc))
+        # A torch.* name weights_only does not know is a name cut short (a truncated file), not a payload;
+        # either way nothing is loaded.
+        if found and not found.group(1).startswith(("torch.", "collections.")):
+            what = f" (it references {found.group(1)})"
+            raise CheckpointError(f"refusing to load {path}: it holds pickled code or objects other than tensors"
+                                  f"{what}; only plain tensor checkpoints are loaded (weights_only=True)") from None
+        raise CheckpointError(f"{path} is not a checkpoint, or a truncated one: not a PyTorch file holding "
+                              f"tensors ({size} bytes; the pickle data is unreadable)") from None
+    except Exception as exc:  # noqa: BLE001 - torch raises EOFError, KeyError, RuntimeError... for non-checkpoints
+        raise CheckpointError(f"{path} is not a checkpoint, or a truncated one ({size} bytes): torch.load "
+                              f"failed ({_first_line(exc)})") from None
     if isinstance(obj, Mapping):
         for wrapper in ("model", "state_dict", "module"):
             if wrapper in obj and isinstance(obj[wrapper], Mapping):
                 obj = obj[wrapper]
                 break
-    if not isinstance(obj, Mapping) or not all(torch.is_tensor(v) for v in obj.values()):
-        raise CheckpointError(f"{path} is not a state dict of tensors (got {type(obj).__name__})")
+    if not isinstance(obj, Mapping) or not obj or not all(torch.is_tensor(v) for v in obj.values()):
+        kind = type(obj).__name__ if not isinstance(obj, Mapping) else ("an empty dict" if not obj else "a dict "
+                                                                        "with non-tensor values")
+        raise CheckpointError(f"{path} is not a checkpoint: expected a state dict of tensors, got {kind}")
     return dict(obj)
 
 
@@ -179,7 +214,7 @@ def from_official_checkpoint(path: str | Path, config: CLIPViPConfig | None = No
     state = official_to_state_dict(_read_torch_file(path))
     if config is None:
         config = infer_config(state, path)
-    model = CLIPViP(config)
+    model = _build(config, path)
     load_state_dict_strict(model, state, path)
     return model
 
@@ -228,12 +263,22 @@ def from_pretrained(directory: str | Path, map_location: str | torch.device = "c
             raise FileNotFoundError(f"{directory} has no {name}: not a saved CLIP-ViP model")
     try:
         config = CLIPViPConfig.from_json(directory / CONFIG_FILE)
-    except (ValueError, TypeError) as exc:
-        raise CheckpointError(f"{directory / CONFIG_FILE}: {exc}") from exc
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise CheckpointError(f"{directory / CONFIG_FILE}: not a valid model config ({_first_line(exc)})") from None
     try:
         state = load_file(str(directory / WEIGHTS_FILE), device=str(map_location))
     except (SafetensorError, OSError, json.JSONDecodeError) as exc:
         raise CheckpointError(f"{directory / WEIGHTS_FILE} is corrupt: {exc}") from exc
-    model = CLIPViP(config)
+    model = _build(config, directory / CONFIG_FILE)
     load_state_dict_strict(model, state, directory / WEIGHTS_FILE)
     return model.to(map_location)
+
+
+def _build(config: CLIPViPConfig, source: str | Path) -> CLIPViP:
+    """``CLIPViP(config)``; a config whose values torch rejects (a float layer count, a list where a size
+    belongs) becomes a :class:`CheckpointError` naming ``source``, not a raw torch ``TypeError``."""
+    try:
+        return CLIPViP(config)
+    except (TypeError, ValueError, RuntimeError, OverflowError) as exc:
+        raise CheckpointError(f"{source}: cannot build a model from this config ({_first_line(exc)}); check "
+                              f"the types and sizes of its fields") from None
