@@ -140,12 +140,31 @@ def test_captioner_contract_errors(video_dir, tmp_path):
         caption_clips(video_dir, lambda ims: ["one"], tmp_path / "x.jsonl", batch_size=2, progress=False)
     with pytest.raises(ValueError, match="no_such_module_xyz"):
         load_captioner("no_such_module_xyz:f")
-    with pytest.raises(ValueError, match="not a transformers model"):
+    with pytest.raises(ValueError, match="does not exist"):
         load_captioner(str(tmp_path / "no-model-here"))
+    (tmp_path / "not-a-model").mkdir()
+    with pytest.raises(ValueError, match="not a transformers model"):
+        load_captioner(str(tmp_path / "not-a-model"))
     bad = tmp_path / "bad.jsonl"
     bad.write_text('{"video": "a.mp4"}\n{"subtitle": "x"}\n')
     with pytest.raises(ValueError, match=r"bad\.jsonl:2: a record needs a 'video'"):
         list_clips(bad)
+
+
+def test_offline_hub_captioner_fails_at_once_with_one_line_naming_the_flag(video_dir, tmp_path, capsys,
+                                                                          monkeypatch):
+    """Before: ~28 s of retries, every warning printed twice, and "not a transformers model name"."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    rc = cli_main(["caption", str(video_dir), "--captioner", "Salesforce/blip-image-captioning-base",
+                   "--out", str(tmp_path / "c.jsonl"), "--no-progress"])
+    captured = capsys.readouterr()
+    assert rc == 2 and captured.out == ""
+    lines = captured.err.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("clipvip caption: error: --captioner Salesforce/blip-image-captioning-base: ")
+    assert "offline" in lines[0] and "internet" in lines[0]
+    assert not (tmp_path / "c.jsonl").exists()
 
 
 def test_file_callable_spec_through_cli(video_dir, tmp_path, capsys):

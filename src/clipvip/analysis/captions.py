@@ -206,6 +206,15 @@ class TransformersCaptioner:
         import torch
         from transformers import AutoConfig, AutoModelForImageTextToText
 
+        from clipvip.tokenizer import resolve_hub_name
+
+        if not Path(spec).is_dir():
+            # A hub name: the cached copy, or an immediate error when offline / unreachable (transformers
+            # alone retries for tens of seconds and repeats its warnings).
+            try:
+                spec = resolve_hub_name(spec, "captioner", needs=("config.json",))
+            except FileNotFoundError as exc:
+                raise ValueError(f"captioner {spec!r}: {exc}") from None
         try:
             config = AutoConfig.from_pretrained(spec)
         except Exception as exc:  # noqa: BLE001 - name the spec and the reason in one line

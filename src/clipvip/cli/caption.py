@@ -64,7 +64,7 @@ def handler(args: argparse.Namespace) -> int:
         captioner = load_captioner(args.captioner, device=args.device, max_new_tokens=args.max_new_tokens,
                                    num_beams=args.num_beams, prompt=args.prompt)
     except ValueError as exc:
-        raise CLIError(str(exc)) from exc
+        raise CLIError(f"--captioner {args.captioner}: {str(exc).removeprefix(f'captioner {args.captioner!r}: ')}") from None
     try:
         report = caption_clips(clips, captioner, args.out, batch_size=args.batch_size,
                                max_words=args.max_words, progress=not args.no_progress)
