@@ -40,3 +40,112 @@ def test_synth_then_shard_with_gop_and_fast_decode_flags(tmp_path):
             assert all(flags)
         else:
             assert not all(flags) and flags[0]
+
+
+# ------------------------------------------------------------------------------------------------------
+# Exit statuses (0 all good, 1 done with failures, 2 nothing done) and one summary instead of a line per video.
+def test_shard_exit_status_and_one_summary(tmp_path, capsys, caplog):
+    world = tmp_path / "w"
+    assert main(["data", "synth", "--out", str(world), "--num-videos", "8"]) == 0
+    records = [json.loads(line) for line in (world / "test.jsonl").read_text().splitlines()]
+    broken = world / "videos" / "broken.mp4"
+    broken.write_bytes(b"not a video")
+    bad = dict(records[0], video="videos/broken.mp4", id="broken")
+    bad.pop("twin", None)
+    (world / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in [*records, bad]) + "\n")
+    (world / "allbad.jsonl").write_text(json.dumps(bad) + "\n")
+    capsys.readouterr()
+    with caplog.at_level("WARNING"):
+        rc = main(["data", "shard", str(world / "mixed.jsonl"), "--out", str(tmp_path / "s"), "--fps", "4"])
+    out = capsys.readouterr().out
+    assert rc == 1  # before: 0 with failures
+    assert f"wrote {len(records)} of {len(records) + 1} videos" in out
+    assert "1 videos failed (full list in" in out and "manifest.json" in out and "broken.mp4" in out
+    assert not [r for r in caplog.records if "broken.mp4" in r.getMessage()]  # no per-video warning
+    assert main(["data", "shard", str(world / "allbad.jsonl"), "--out", str(tmp_path / "s2"), "--fps", "4"]) == 2
+
+
+def test_synth_prints_its_summary_once(tmp_path, capsys, caplog):
+    with caplog.at_level("INFO"):
+        assert main(["data", "synth", "--out", str(tmp_path / "w"), "--num-videos", "4"]) == 0
+    captured = capsys.readouterr()
+    said = captured.out + captured.err + "\n".join(r.getMessage() for r in caplog.records)
+    assert said.count("synthetic world in") == 1
+
+
+def test_third_party_info_logs_are_quiet(tmp_path):
+    """faiss logs "Loading faiss with AVX2 support." at INFO; the CLI shows our INFO, others' warnings only."""
+    import subprocess
+    import sys
+
+    probe = ("import logging; from clipvip.cli import main; main(['data']); "
+             "print(logging.getLogger('faiss.loader').isEnabledFor(logging.INFO), "
+             "logging.getLogger('clipvip.data').isEnabledFor(logging.INFO))")
+    proc = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "False True"
+
+
+def test_prepare_errors_name_the_flag(tmp_path, capsys):
+    from conftest import asset
+
+    csv_path = asset("annotations/msrvtt/MSRVTT_train.9k.csv")
+    assert main(["data", "prepare", "msrvtt", str(csv_path), "--out", str(tmp_path / "x.jsonl")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--data-json" in err[0] and "MSRVTT_data.json" in err[0]
+    assert not (tmp_path / "x.jsonl").exists()
+
+
+def _msrvtt_annotation_dir(tmp_path):
+    """The real 9k train list and 1k-A test csv, plus an MSRVTT_data.json holding two captions per 9k video
+    (the real one, 20 per video, is not among the shared assets)."""
+    import shutil
+
+    from conftest import asset
+
+    ann = tmp_path / "msrvtt_data"
+    ann.mkdir()
+    for name in ("MSRVTT_train.9k.csv", "MSRVTT_JSFUSION_test.csv"):
+        shutil.copy(asset(f"annotations/msrvtt/{name}"), ann / name)
+    ids = [line.strip() for line in (ann / "MSRVTT_train.9k.csv").read_text().splitlines()[1:] if line.strip()]
+    data = {"videos": [{"video_id": v, "split": "train"} for v in ids],
+            "sentences": [{"video_id": v, "caption": f"clip {v} caption {k}", "sen_id": k} for v in ids for k in range(2)]}
+    (ann / "MSRVTT_data.json").write_text(json.dumps(data))
+    return ann, ids
+
+
+def test_msrvtt_splits_end_to_end_with_the_recipes_names(tmp_path, capsys):
+    import yaml
+
+    from clipvip.data.annotations import read_jsonl
+
+    ann, ids = _msrvtt_annotation_dir(tmp_path)
+    out = tmp_path / "data" / "msrvtt"
+    assert main(["data", "msrvtt", str(ann), "--out", str(out)]) == 0
+    # The names the recipes use under data.root.
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    for recipe in ("msrvtt_b32.yaml", "msrvtt_b16.yaml"):
+        data = yaml.safe_load((repo / "configs" / recipe).read_text())["data"]
+        for key in ("train", "val", "test"):
+            assert (out / data[key]).is_file(), (recipe, key)
+    train, val, test = (read_jsonl(out / n) for n in ("train9k.jsonl", "val.jsonl", "test1ka.jsonl"))
+    assert (len(train), len(val), len(test)) == (8500, 500, 1000)
+    train_ids, val_ids, test_ids = ({r["id"] for r in recs} for recs in (train, val, test))
+    assert train_ids | val_ids == set(ids) and not train_ids & val_ids  # val is held out of the 9k videos
+    assert not (train_ids | val_ids) & test_ids
+    assert {r["split"] for r in train} == {"train"} and {r["split"] for r in val} == {"val"}
+    assert all(len(r["texts"]) == 2 for r in train + val) and all(len(r["texts"]) == 1 for r in test)
+    assert [r["id"] for r in train + val] != ids and sorted(ids.index(i) for i in val_ids) == [ids.index(r["id"]) for r in val]
+    assert test[0] == {"video": "video9770.mp4", "id": "video9770", "texts": ["a person is connecting something to system"],
+                       "split": "test"}
+    # Seeded: the same seed draws the same videos, another seed others; existing files are not replaced.
+    assert main(["data", "msrvtt", str(ann), "--out", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["data", "msrvtt", str(ann), "--out", str(tmp_path / "again")]) == 0
+    assert (tmp_path / "again" / "val.jsonl").read_bytes() == (out / "val.jsonl").read_bytes()
+    assert main(["data", "msrvtt", str(ann), "--out", str(out), "--overwrite", "--seed", "1"]) == 0
+    assert {r["id"] for r in read_jsonl(out / "val.jsonl")} != val_ids
+    # Missing videos are reported (exit 1), the files still written.
+    (tmp_path / "videos").mkdir()
+    assert main(["data", "msrvtt", str(ann), "--out", str(tmp_path / "v"), "--videos", str(tmp_path / "videos")]) == 1
+    assert "10000 videos missing under" in capsys.readouterr().out

@@ -552,6 +552,49 @@ def read_generic_jsonl(path: PathLike, split: str | None = None, *, ext: str | N
     return out
 
 
+# --------------------------------------------------------------------------------------------- MSR-VTT splits
+#: File names of the MSR-VTT splits, as the recipes ``configs/msrvtt_*.yaml`` expect them under ``data.root``.
+MSRVTT_SPLIT_FILES = {"train": "train9k.jsonl", "val": "val.jsonl", "test": "test1ka.jsonl"}
+#: The annotation files of the usual ``msrvtt_data`` folder (CLIP4Clip's download) that the splits need.
+MSRVTT_SOURCES = {"train_csv": "MSRVTT_train.9k.csv", "test_csv": "MSRVTT_JSFUSION_test.csv",
+                  "data_json": "MSRVTT_data.json"}
+MSRVTT_VAL_SIZE = 500
+MSRVTT_VAL_SEED = 0
+
+
+def msrvtt_splits(train_csv: PathLike, test_csv: PathLike, data_json: PathLike, *,
+                  val_size: int = MSRVTT_VAL_SIZE, seed: int = MSRVTT_VAL_SEED, ext: str = ".mp4"
+                  ) -> dict[str, list[Record]]:
+    """The three MSR-VTT splits the recipes use: ``{"train", "val", "test"}`` record lists.
+
+    - ``val``: ``val_size`` videos drawn from the 9k training videos with ``numpy.random.default_rng(seed)``
+      (a permutation; its first ``val_size`` entries, kept in file order), every caption of each (the
+      multi-caption protocol), split ``val``. The literature has no MSR-VTT validation split: the reference
+      selects checkpoints on the test set, which this avoids.
+    - ``train``: the other ``9000 - val_size`` of the 9k videos, every caption (``train9k.jsonl``: named
+      after the 9k split it comes from).
+    - ``test``: the 1k-A test pairs (``MSRVTT_JSFUSION_test.csv``), one caption per video.
+
+    Refuses a 9k list that shares a video with the test set, or a ``val_size`` that leaves no training video.
+    """
+    train = read_msrvtt(train_csv, data_json=data_json, ext=ext)
+    test = read_msrvtt(test_csv, ext=ext)
+    if not 0 < val_size < len(train):
+        raise ValueError(f"val_size must be between 1 and {len(train) - 1} (the train videos), got {val_size}")
+    shared = {r["id"] for r in train} & {r["id"] for r in test}
+    if shared:
+        raise AnnotationError(test_csv, f"{len(shared)} test videos are also in {train_csv} "
+                                        f"(first: {sorted(shared)[0]}): not the 9k / 1k-A splits")
+    import numpy as np
+
+    held_out = set(np.random.default_rng(seed).permutation(len(train))[:val_size].tolist())
+    return {
+        "train": [r for i, r in enumerate(train) if i not in held_out],
+        "val": [dict(r, split="val") for i, r in enumerate(train) if i in held_out],
+        "test": test,
+    }
+
+
 READERS: dict[str, Callable[..., list[Record]]] = {
     "msrvtt": read_msrvtt,
     "didemo": read_didemo,
