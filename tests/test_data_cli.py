@@ -149,3 +149,34 @@ def test_msrvtt_splits_end_to_end_with_the_recipes_names(tmp_path, capsys):
     (tmp_path / "videos").mkdir()
     assert main(["data", "msrvtt", str(ann), "--out", str(tmp_path / "v"), "--videos", str(tmp_path / "videos")]) == 1
     assert "10000 videos missing under" in capsys.readouterr().out
+
+
+def test_eval_missing_videos_one_summary_exit_1_and_the_convention_printed(tmp_path, capsys, caplog):
+    """Registry model (random weights, the bundled tokenizer: no --tokenizer) on a tiny synthetic world plus
+    five records whose videos do not exist: one summary line, not one WARNING per video; exit 1."""
+    world = tmp_path / "w"
+    assert main(["data", "synth", "--out", str(world), "--num-videos", "8"]) == 0
+    records = [json.loads(line) for line in (world / "test.jsonl").read_text().splitlines()]
+    missing = [{"video": f"videos/gone{i}.mp4", "texts": [f"a missing clip number {i}"]} for i in range(5)]
+    (world / "mixed.jsonl").write_text("\n".join(json.dumps(r) for r in records + missing) + "\n")
+    capsys.readouterr()
+    out_json = tmp_path / "res.json"
+    common = ["--model", "clipvip-tiny", "--num-frames", "2", "--max-length", "32", "--no-progress", "--dsl"]
+    with caplog.at_level("WARNING"):
+        rc = main(["eval", "--data", str(world / "mixed.jsonl"), "--out", str(out_json), *common])
+    out = capsys.readouterr().out
+    assert rc == 1  # before: 0
+    assert not [r for r in caplog.records if "gone" in r.getMessage()]  # before: one WARNING per video
+    summary = [line for line in out.splitlines() if "could not be read" in line]
+    assert len(summary) == 1 and summary[0].startswith(f"5 of {len(records) + 5} videos could not be read")
+    assert "gone0.mp4" in summary[0] and "gone4.mp4" not in summary[0] and str(out_json) in summary[0]
+    assert "convention (best-caption): video->text" in out and "video->text (DSL)" not in out
+    res = json.loads(out_json.read_text())
+    assert res["v2t_convention"] == "best-caption" and len(res["failures"]) == 5
+    # CLIP4Clip's convention on request, labelled; every video missing: nothing done, exit 2.
+    assert main(["eval", "--data", str(world / "test.jsonl"), "--v2t", "maxpool", *common]) == 0
+    assert "convention (maxpool)" in capsys.readouterr().out
+    (world / "gone.jsonl").write_text("\n".join(json.dumps(r) for r in missing) + "\n")
+    assert main(["eval", "--data", str(world / "gone.jsonl"), *common]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "none of the 5 videos could be read" in err[0]

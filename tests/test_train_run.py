@@ -171,8 +171,10 @@ def test_eval_counts_undecodable_videos(world: Path, tmp_path: Path) -> None:
     sim = (t @ v.T).tolist()  # texts x the 2 readable videos
     t2v = [3 if owner[i] == 2 else 1 + sum(1 for j in range(2) if j != owner[i] and row[j] >= row[owner[i]])
            for i, row in enumerate(sim)]
-    v2t = [min(1 + sum(1 for k in range(len(texts)) if k != i and sim[k][vid] >= sim[i][vid])
-               for i in range(len(texts)) if owner[i] == vid) for vid in range(2)] + [len(texts)]
+    # video->text, best-caption convention: a video's own captions never compete with each other; the
+    # broken video gets the worst rank, 1 + the other videos' captions.
+    v2t = [min(1 + sum(1 for k in range(len(texts)) if owner[k] != vid and sim[k][vid] >= sim[i][vid])
+               for i in range(len(texts)) if owner[i] == vid) for vid in range(2)] + [1 + owner.count(0) + owner.count(1)]
     for name, ranks in (("t2v", t2v), ("v2t", v2t)):
         for key, value in ranks_to_metrics(ranks).items():
             assert res[name][key] == pytest.approx(value, abs=1e-9), (name, key)

@@ -19,7 +19,11 @@ def register(subparsers: Any) -> None:
                    help="model spec: a run/model folder (e.g. runs/x/best), an official .pt checkpoint, a "
                         "transformers CLIP name or folder, or a registry name")
     p.add_argument("--data", required=True, help="annotation JSONL of the split to evaluate (one video per line)")
-    p.add_argument("--dsl", action="store_true", help="also report dual-softmax (DSL) re-scored tables")
+    p.add_argument("--dsl", action="store_true", help="also report dual-softmax (DSL) re-scored text->video")
+    p.add_argument("--v2t", choices=("best-caption", "maxpool"), default="best-caption",
+                   help="video->text convention with several captions per video: best-caption (default: the "
+                        "rank of the video's best caption among the other videos' captions) or maxpool "
+                        "(CLIP4Clip's: captions max-pooled per video, ranked among videos); see docs/metrics.md")
     p.add_argument("--out", default=None, help="write the results as JSON to this file (atomically)")
     p.add_argument("--num-frames", type=int, default=None,
                    help="frames sampled per video (default: the model's temporal size, 12)")
@@ -65,23 +69,36 @@ def _handler(args: argparse.Namespace) -> int:
     from clipvip.train.evaluate import evaluate_retrieval
     from clipvip.train.logging import write_json
 
+    import logging
+
+    quiet = logging.getLogger("clipvip.data.datasets")  # one summary below, not a warning per video
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         res = evaluate_retrieval(pipe.model, pipe.tokenizer, data, num_frames=pipe.num_frames,
                                  image_size=pipe.image_size, max_length=pipe.max_length,
                                  batch_size=args.batch_size, device=pipe.device, video_root=args.video_root,
                                  paragraph=args.paragraph, dsl=args.dsl, num_workers=args.num_workers,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, v2t_convention=args.v2t)
     except (ValueError, FileNotFoundError) as exc:
         raise CLIError(f"--data {data}: {exc}") from None
+    finally:
+        quiet.setLevel(level)
+    failures = res["failures"]
+    if failures and len(failures) >= res["num_videos"]:
+        raise CLIError(f"--data {data}: none of the {res['num_videos']} videos could be read (first: "
+                       f"{failures[0][0]}: {failures[0][1]}); check --video-root")
     tables = {k: v for k, v in res.items() if isinstance(v, dict)}
     print(f"{res['num_texts']} texts x {res['num_videos']} videos, model {args.model}")
-    print(format_table(tables))
-    if res["failures"]:
-        print(f"{len(res['failures'])} video(s) failed to decode (guaranteed misses: ranked below every readable video):")
-        for path, why in res["failures"][:10]:
-            print(f"  {path}: {why}")
+    print(format_table(tables, v2t_convention=res["v2t_convention"]))
     if args.out:
         write_json(args.out, {"model": args.model, "data": str(data), "dsl": args.dsl,
                               "num_frames": pipe.num_frames, "max_length": pipe.max_length, **res})
+    if failures:
+        where = (f"the 'failures' list of {args.out}" if args.out else "rerun with --out FILE to keep the full list")
+        shown = "; ".join(f"{path}: {why}" for path, why in failures[:3])
+        print(f"{len(failures)} of {res['num_videos']} videos could not be read (guaranteed misses, ranked below "
+              f"every readable video); first {min(3, len(failures))}: {shown}; full list: {where}")
+    if args.out:
         print(f"results written to {args.out}")
-    return 0
+    return 1 if failures else 0
