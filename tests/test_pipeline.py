@@ -166,8 +166,10 @@ def test_official_checkpoint_layout(tiny: VideoTextPipeline, tmp_path: Path, tok
 
 
 def test_clear_errors(tmp_path: Path):
-    with pytest.raises(ValueError, match="tokenizer"):
-        clipvip.load("clipvip-tiny")
+    from clipvip.tokenizer import BUNDLED_BPE
+
+    # A registry model needs no tokenizer: OpenAI's vocabulary ships with the package (issue 10 item 5).
+    assert clipvip.load("clipvip-tiny", device="cpu").tokenizer_spec == str(BUNDLED_BPE)
     junk = tmp_path / "weights.txt"
     junk.write_text("nope")
     with pytest.raises(ValueError, match="not a model"):
