@@ -180,3 +180,12 @@ def test_eval_missing_videos_one_summary_exit_1_and_the_convention_printed(tmp_p
     assert main(["eval", "--data", str(world / "gone.jsonl"), *common]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "none of the 5 videos could be read" in err[0]
+
+
+def test_eval_tokenizer_errors_name_the_flag(tmp_path, capsys):
+    data = tmp_path / "d.jsonl"
+    data.write_text('{"video": "a.mp4", "texts": ["x"]}\n')
+    assert main(["eval", "--model", "clipvip-tiny", "--data", str(data), "--tokenizer",
+                 str(tmp_path / "bpe_simple_vocab_16e6.txt.gz")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"clipvip eval: error: --tokenizer {tmp_path}")

@@ -32,7 +32,8 @@ def register(subparsers: Any) -> None:
                    help="paragraph protocol: join each video's sentences into one query (DiDeMo, ActivityNet)")
     p.add_argument("--video-root", default=None, help="folder that relative video paths in --data refer to")
     p.add_argument("--tokenizer", default=None,
-                   help="tokenizer folder or CLIP BPE file (default: the one saved with the model)")
+                   help="tokenizer folder or CLIP BPE file (default: the one saved with the model; OpenAI's "
+                        "vocabulary, shipped with clipvip, for registry names and official .pt checkpoints)")
     p.add_argument("--max-length", type=int, default=None,
                    help="text context in tokens (default: the model's, 77; the recipes use 50 or 70)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
@@ -59,8 +60,16 @@ def _handler(args: argparse.Namespace) -> int:
         raise CLIError(f"--data {data}: file not found")
     if args.batch_size < 1:
         raise CLIError(f"--batch-size must be >= 1, got {args.batch_size}")
+    tokenizer = None
+    if args.tokenizer is not None:
+        from clipvip.tokenizer import load_tokenizer
+
+        try:
+            tokenizer = load_tokenizer(args.tokenizer)
+        except (ValueError, FileNotFoundError, OSError) as exc:
+            raise CLIError(f"--tokenizer {args.tokenizer}: {exc}") from None
     try:
-        pipe = load_model(args.model, device=args.device, tokenizer=args.tokenizer, num_frames=args.num_frames,
+        pipe = load_model(args.model, device=args.device, tokenizer=tokenizer, num_frames=args.num_frames,
                           max_length=args.max_length)
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise CLIError(f"--model {args.model}: {exc}") from None
