@@ -216,3 +216,10 @@ def test_transformers_captioner_end_to_end(video_dir, tmp_path, capsys):
     assert cli_main(argv) == 1
     assert "0 captioned, 3 already done, 1 unreadable" in capsys.readouterr().out
     assert _lines(out) == lines
+
+
+def test_non_utf8_jsonl_source_names_the_file_and_line(tmp_path):
+    src = tmp_path / "clips.jsonl"
+    src.write_bytes(b'{"video": "a.mp4"}\n' + '{"video": "caf\u00e9.mp4"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"clips\.jsonl:2: not UTF-8"):
+        list_clips(src)

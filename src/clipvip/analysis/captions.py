@@ -148,14 +148,15 @@ def list_clips(source: str | os.PathLike[str], video_root: str | os.PathLike[str
 
 def _read_jsonl_lines(path: Path) -> Iterable[tuple[int, Any]]:
     """``(line number, parsed object)`` for each non-blank line; a bad line raises naming file and line."""
-    with open(path, encoding="utf-8") as fh:
-        for lineno, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise ValueError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
+    from clipvip.data.annotations import text_lines  # names the file and line of non-UTF-8 bytes
+
+    for lineno, line in text_lines(path):
+        if not line.strip():
+            continue
+        try:
+            yield lineno, json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}:{lineno}: not valid JSON: {exc.msg}") from None
 
 
 # ---------------------------------------------------------------------------------------------- captioners
@@ -317,8 +318,10 @@ def read_captions(path: str | os.PathLike[str]) -> dict[tuple[str, float | None,
     done: dict[tuple[str, float | None, float | None], str] = {}
     if not p.exists():
         return done
-    with open(p, encoding="utf-8") as fh:
-        lines = fh.read().split("\n")
+    try:
+        lines = p.read_bytes().decode("utf-8").split("\n")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{p}: not UTF-8 text (byte {exc.start}); is this a captions file?") from None
     for lineno, line in enumerate(lines, 1):
         if not line.strip():
             continue

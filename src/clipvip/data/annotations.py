@@ -137,7 +137,7 @@ def _parse_json_line(path: Path, line: str, lineno: int) -> Any:
         raise AnnotationError(path, str(exc), lineno) from exc
 
 
-def _text_lines(path: PathLike) -> Iterator[tuple[int, str]]:
+def text_lines(path: PathLike) -> Iterator[tuple[int, str]]:
     """``(line number, text)`` of a UTF-8 file (a leading BOM is dropped); non-UTF-8 bytes raise an
     :class:`AnnotationError` naming the file, line and byte, instead of a bare ``UnicodeDecodeError``."""
     path = Path(path)
@@ -158,7 +158,7 @@ def read_jsonl(path: PathLike) -> list[Record]:
     """Read and validate a schema JSONL file (blank lines ignored); errors name the file and line."""
     path = Path(path)
     records: list[Record] = []
-    for lineno, line in _text_lines(path):
+    for lineno, line in text_lines(path):
         if not line.strip():
             continue
         rec = _parse_json_line(path, line, lineno)
@@ -212,7 +212,7 @@ def find_missing(records: Iterable[Record], video_root: PathLike) -> list[str]:
 def _load_json(path: PathLike) -> Any:
     """A whole JSON file, strictly (UTF-8, no duplicate keys, no NaN); errors name the file and line."""
     path = Path(path)
-    text = "".join(line for _, line in _text_lines(path))
+    text = "".join(line for _, line in text_lines(path))
     try:
         return json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_reject_constant)
     except json.JSONDecodeError as exc:
@@ -226,7 +226,7 @@ def _read_csv_rows(path: PathLike, delimiter: str = ",") -> list[tuple[int, dict
     and no field spans lines (an unbalanced quote would otherwise swallow the rows up to the next quote).
     Errors name the file and the line."""
     path = Path(path)
-    text = "".join(line for _, line in _text_lines(path))
+    text = "".join(line for _, line in text_lines(path))
     reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
     rows: list[tuple[int, dict[str, str]]] = []
     header: list[str] | None = None
@@ -429,7 +429,7 @@ def read_lsmdc(path: PathLike, split: str | None = None, *, ext: str = ".avi", l
         raise ValueError(f"layout must be 'nested' or 'flat', got {layout!r}")
     split = split or _split_from_name(path, "test")
     out = []
-    for lineno, line in _text_lines(path):
+    for lineno, line in text_lines(path):
         line = line.rstrip("\r\n")
         if not line.strip():
             continue
@@ -522,7 +522,7 @@ def read_generic_jsonl(path: PathLike, split: str | None = None, *, ext: str | N
     belong) are errors naming the file and line, never converted with ``str``."""
     path = Path(path)
     out = []
-    for lineno, line in _text_lines(path):
+    for lineno, line in text_lines(path):
         if not line.strip():
             continue
         row = _parse_json_line(path, line, lineno)
