@@ -259,6 +259,11 @@ def test_clean_up_is_inside_the_tokenizer_object(reference, tmp_path):
     assert json.loads((tmp_path / "saved" / "tokenizer_config.json").read_text())["tokenizer_class"] == "CLIPTokenizer"
     again = load_tokenizer(tmp_path / "saved")
     assert again(TRICKY[0])["input_ids"] == reference.encode(TRICKY[0])
+    # Picklable (DataLoader workers started with spawn receive the collator's tokenizer by pickle).
+    import pickle
+
+    copy = pickle.loads(pickle.dumps(tok))
+    assert type(copy) is type(tok) and copy(TRICKY[0])["input_ids"] == reference.encode(TRICKY[0])
 
 
 def test_bundled_vocabulary_is_openais_and_ships_with_a_licence():

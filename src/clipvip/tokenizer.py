@@ -301,6 +301,14 @@ def openai_clip_tokenizer_class() -> type:
     return OpenAICLIPTokenizer
 
 
+def __getattr__(name: str) -> Any:
+    """``clipvip.tokenizer.OpenAICLIPTokenizer`` on demand (PEP 562), so tokenizers pickle by reference into
+    DataLoader workers started with ``spawn`` without importing transformers when the module is imported."""
+    if name == "OpenAICLIPTokenizer":
+        return openai_clip_tokenizer_class()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 def tokenize(tokenizer: Any, texts: str | Sequence[str], max_length: int | None = None) -> dict[str, torch.Tensor]:
     """Texts -> ``{"input_ids", "attention_mask"}`` int64 ``[N, max_length]``, padded with the EOT id.
 
