@@ -240,7 +240,7 @@ def test_cli_prepare_and_synth(tmp_path, capsys):
 
     ann = asset("annotations/msrvtt/MSRVTT_JSFUSION_test.csv")
     assert main(["data", "prepare", "msrvtt", str(ann), "--out", str(tmp_path / "t.jsonl"),
-                 "--videos", str(asset("videos"))]) == 0
+                 "--videos", str(asset("videos"))]) == 1  # written, with missing videos listed: exit 1
     out = capsys.readouterr().out
     assert "wrote 1000 records" in out and "998 videos missing" in out
     assert main(["data", "prepare", "msrvtt", str(tmp_path / "nope.csv"), "--out", str(tmp_path / "x.jsonl")]) == 2

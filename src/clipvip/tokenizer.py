@@ -234,10 +234,17 @@ def clean_text(text: str) -> str:
     """OpenAI CLIP's clean-up before BPE: ``ftfy.fix_text`` (mojibake, curly quotes, ligatures, fullwidth
     letters, NFC), HTML entities unescaped twice (``&amp;amp;`` -> ``&``), whitespace runs to one space,
     stripped, lower-cased: the text OpenAI's ``SimpleTokenizer.encode`` splits into words."""
-    import ftfy
+    if not _PLAIN.fullmatch(text):  # ftfy leaves plain printable ASCII without '&' unchanged: skip its cost
+        import ftfy
 
-    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+        text = ftfy.fix_text(text)
+    text = html.unescape(html.unescape(text)).strip()
     return _WHITESPACE.sub(" ", text).strip().lower()
+
+
+#: Printable ASCII, tab and line breaks, no '&' (entities): text on which ``ftfy.fix_text`` is the identity
+#: (its fixes concern non-ASCII text, control characters and HTML entities; checked on every test sentence).
+_PLAIN = re.compile(r"[\x20-\x25\x27-\x7e\t\n\r]*")
 
 
 def _clean_input(text: Any) -> Any:
