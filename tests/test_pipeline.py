@@ -128,6 +128,7 @@ def test_model_id_is_a_fingerprint_of_weights_and_sampling(bpe_path: Path, token
     assert len({a.model_id, c.model_id, d.model_id}) == 3
     assert c.spec == "clipvip-tiny@seed1" and d.num_frames == 4
     assert a.tokenizer_spec == str(bpe_path.resolve())
+    assert b.tokenizer_spec == tokenizer.clipvip_source  # an object from load_tokenizer records its source
 
 
 def test_our_directory_round_trip(tiny: VideoTextPipeline, tmp_path: Path):

@@ -148,9 +148,10 @@ def test_search_cli_prints_the_same_ranking(server, bpe_path: Path, capsys):
 
     index_dir = str(server.service.index.root)
     capsys.readouterr()
-    # the index was built with a tokenizer object, so the CLI must be told where the tokenizer is
-    assert main(["search", index_dir, "a green dot"]) == 2
-    assert "tokenizer" in capsys.readouterr().err
+    # the index was built with a tokenizer object from load_tokenizer, which records its source: no flag needed
+    assert main(["search", index_dir, "a green dot", "-k", "3", "--json"]) == 0
+    assert [r["path"] for r in json.loads(capsys.readouterr().out)["results"]] == [
+        r["path"] for r in server.service.search("a green dot", 3)]
     assert main(["search", index_dir, "a green dot", "-k", "3", "--json", "--tokenizer", str(bpe_path)]) == 0
     printed = json.loads(capsys.readouterr().out)
     assert [r["path"] for r in printed["results"]] == [r["path"] for r in server.service.search("a green dot", 3)]

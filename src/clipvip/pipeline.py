@@ -326,7 +326,8 @@ def _resolve_tokenizer(
     from clipvip.tokenizer import load_tokenizer
 
     if tokenizer is not None and not isinstance(tokenizer, (str, Path)):
-        return tokenizer, None
+        # Objects from load_tokenizer know where they came from, so an index can record and reload it.
+        return tokenizer, getattr(tokenizer, "clipvip_source", None)
     if tokenizer is not None:
         return load_tokenizer(str(tokenizer)), str(Path(tokenizer).resolve()) if Path(tokenizer).exists() else str(tokenizer)
     if kind in ("registry", "official"):

@@ -194,6 +194,8 @@ def load_tokenizer(spec: str | Path | None = None, max_length: int = 77) -> Any:
     tok.model_max_length = max_length
     if tok.pad_token is None or tok.pad_token != END:
         tok.pad_token = END
+    # Where it came from (an absolute path, or the hub name), recorded by clipvip.load for indexes.
+    tok.clipvip_source = str(Path(text).resolve()) if Path(text).exists() else text
     return tok
 
 
