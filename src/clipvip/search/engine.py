@@ -1,20 +1,30 @@
-"""Nearest-neighbour search over L2-normalised embeddings: exact (one matmul) or FAISS ``IndexFlatIP``.
+"""Text → ranked moments of an index (:class:`SearchEngine`, :class:`Hit`), and the vector kernels under it.
 
-Both backends are *exact* inner-product search, so they return the same videos in the same order on the
-same data; FAISS only changes the speed profile (its own BLAS blocking, no torch needed at query time).
-Ties are broken by the lower row so the order is deterministic for either backend.
+:class:`SearchEngine` is the one search API: the CLI ``search`` verb and the HTTP server call it. It reads
+a consistent snapshot of the index (``clipvip.search.store``), embeds the query with the index's model,
+scores every live window (dead slots masked), groups windows by video (one hit per video, its best
+window, unless ``all_windows``) and applies the metadata filters (``under``, duration range).
+
+The kernels: :class:`ExactSearch` (one matmul + top-k) and :class:`FaissSearch` (``IndexFlatIP``) are
+both *exact* inner-product search and return the same rows in the same order; ties are broken by the
+lower row so the order is deterministic for either backend.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import math
 import mmap
 import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
+MAX_K = 100
 BACKENDS = ("auto", "exact", "faiss")
 # `auto` picks FAISS from this many vectors on. Below it the torch matmul measured as fast or faster than
 # IndexFlatIP on our 2-core machine (docs/benchmarks.md, "Search", up to 1M vectors); beyond it the matmul's
@@ -175,3 +185,114 @@ def _tie_order(scores: np.ndarray, rows: np.ndarray) -> tuple[np.ndarray, np.nda
     """Sort each row of results by (score descending, row ascending) so equal scores order identically."""
     order = np.lexsort((rows, -scores), axis=-1) if scores.size else np.zeros_like(rows)
     return np.take_along_axis(scores, order, 1), np.take_along_axis(rows, order, 1)
+
+
+# ---------------------------------------------------------------------- the search API
+@dataclass(frozen=True)
+class Hit:
+    """One search result: a window (moment) of a video, with its score.
+
+    ``path`` is for *display* only: the relative path decoded as UTF-8 with undecodable bytes shown as
+    ``\\xNN`` and control characters (newline, tab, ...) escaped, so it is always printable, valid JSON and
+    safe to put in a web page as text. ``relpath`` is the raw relative path (bytes, exactly as the file
+    system spells it): use it, never ``path``, to reach the file (see :meth:`SearchEngine.video_file`).
+    """
+
+    rank: int  # 1-based
+    score: float  # cosine similarity, always finite
+    video_id: int  # stable id of the video in this index (survives compaction and re-runs)
+    window_id: int  # stable id of the window (changes only when the video is re-encoded)
+    path: str  # escaped relative path, for display
+    relpath: bytes  # raw relative path under the video root, for file access
+    start: float  # window start, seconds from the start of the video
+    end: float  # window end, seconds
+    duration: float | None  # duration of the whole video (s), None when the container does not say
+    thumb: bool  # whether the window has a thumbnail (SearchEngine.thumb_file(window_id))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe dict (no bytes, no NaN): ``{rank, score, video_id, window_id, path, start, end, duration,
+        thumb, span}`` where ``span`` is the printable ``HH:MM:SS–HH:MM:SS``."""
+        return {"rank": self.rank, "score": round(float(self.score), 6), "video_id": self.video_id,
+                "window_id": self.window_id, "path": self.path, "start": round(self.start, 3),
+                "end": round(self.end, 3), "duration": self.duration, "thumb": self.thumb,
+                "span": format_span(self.start, self.end)}
+
+
+@dataclass(frozen=True)
+class VideoFile:
+    """Where an indexed video lives and what it looked like when it was indexed.
+
+    A server must re-check on every request that ``os.path.realpath(path)`` is still inside
+    ``os.path.realpath(root)`` and that ``os.stat(path)`` still has ``size`` and ``mtime_ns``: the folder
+    may have changed since indexing (a re-pointed symlink, an edited file).
+    """
+
+    video_id: int
+    root: Path  # the indexed video folder (absolute)
+    path: Path  # root / relpath (absolute; may be a symlink)
+    relpath: bytes
+    display: str  # escaped relative path
+    size: int
+    mtime_ns: int
+    duration: float | None
+
+
+def format_span(start: float, end: float) -> str:
+    """``00:41:05–00:41:15`` (hours always shown, seconds floored/ceiled to whole seconds)."""
+    return f"{_hms(start)}\u2013{_hms(math.ceil(end - 1e-9))}"
+
+
+def _hms(seconds: float) -> str:
+    s = max(0, int(seconds))
+    return f"{s // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
+
+
+class SearchEngine:
+    """Search an index directory built by ``clipvip index``.
+
+    ``pipeline`` defaults to the model recorded in the index, loaded once; its ``model_id`` must be the
+    index's (else ``ModelMismatchError``). ``backend``: ``exact`` (default behaviour of ``auto`` below
+    5M windows: one matmul over the memory-mapped vector file, dead slots masked) or ``faiss`` (an IVF
+    index cached per index generation; approximate). Thread-safe: a server may share one engine.
+    """
+
+    def __init__(self, index_dir: str | Path, pipeline: Any = None, *, backend: str = "auto",
+                 device: str | None = None, tokenizer: Any = None):
+        raise NotImplementedError("SearchEngine is being implemented (issue 10)")
+
+    def __len__(self) -> int:
+        """Number of indexed videos in the current snapshot."""
+        raise NotImplementedError
+
+    @property
+    def num_windows(self) -> int:
+        raise NotImplementedError
+
+    def refresh(self) -> bool:
+        """Follow a newer commit of the index if there is one (cheap: one SQLite query); True if it moved."""
+        raise NotImplementedError
+
+    def search(self, queries: str | Sequence[str], k: int = 10, *, all_windows: bool = False,
+               under: str | bytes | Path | None = None, min_duration: float | None = None,
+               max_duration: float | None = None) -> list[list[Hit]]:
+        """Top-``k`` hits per query, best first (one list per query, also for a single ``str``).
+
+        One hit per video (its best window) unless ``all_windows``. ``under``: only videos whose path is
+        inside this folder (relative to the video root, or absolute inside it). ``min_duration`` /
+        ``max_duration``: bounds on the video's duration in seconds (videos of unknown duration are
+        excluded when a bound is given). Raises ``ValueError`` for an empty/too long query, a ``k``
+        outside 1..MAX_K or a bad filter.
+        """
+        raise NotImplementedError
+
+    def search_vectors(self, vectors: Any, k: int = 10, **filters: Any) -> list[list[Hit]]:
+        """:meth:`search` with query embeddings ``[Q, D]`` instead of texts (no model call)."""
+        raise NotImplementedError
+
+    def video_file(self, video_id: int) -> VideoFile:
+        """The file of an indexed video; ``KeyError`` if ``video_id`` is not in the current snapshot."""
+        raise NotImplementedError
+
+    def thumb_file(self, window_id: int) -> Path | None:
+        """The JPEG thumbnail of a window (None if it has none); ``KeyError`` for an unknown window."""
+        raise NotImplementedError
