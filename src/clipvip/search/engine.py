@@ -15,6 +15,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import mmap
+import threading
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -251,27 +252,96 @@ class SearchEngine:
     """Search an index directory built by ``clipvip index``.
 
     ``pipeline`` defaults to the model recorded in the index, loaded once; its ``model_id`` must be the
-    index's (else ``ModelMismatchError``). ``backend``: ``exact`` (default behaviour of ``auto`` below
-    5M windows: one matmul over the memory-mapped vector file, dead slots masked) or ``faiss`` (an IVF
-    index cached per index generation; approximate). Thread-safe: a server may share one engine.
+    index's (else ``ModelMismatchError``). ``backend``: ``exact`` (one matmul over the memory-mapped vector
+    file, dead slots masked), ``faiss`` (an IVF index, approximate, built once per index generation and
+    cached beside it), or ``auto`` (exact below ``FAISS_MIN_ROWS`` windows). Thread-safe: a server may
+    share one engine.
     """
 
     def __init__(self, index_dir: str | Path, pipeline: Any = None, *, backend: str = "auto",
                  device: str | None = None, tokenizer: Any = None):
-        raise NotImplementedError("SearchEngine is being implemented (issue 10)")
+        from clipvip.search.store import ModelMismatchError, read_snapshot
+
+        if backend not in BACKENDS:
+            raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+        if backend == "faiss" and not faiss_available():
+            raise ValueError("backend 'faiss' needs the optional extra: pip install 'clipvip[faiss]' (faiss-cpu)")
+        self.index_dir = Path(index_dir)
+        self.backend = backend
+        self._lock = threading.Lock()
+        from clipvip.search.store import commit_token
+
+        self._commit = commit_token(self.index_dir)  # before the read: a commit in between is seen later
+        self._snap = read_snapshot(self.index_dir)
+        self._token = self._snap.data_version
+        self._prepare(self._snap)
+        if pipeline is None:
+            from clipvip.pipeline import load
+
+            meta = self._snap.meta
+            pipeline = load(meta["model_spec"], device=device,
+                            tokenizer=tokenizer if tokenizer is not None else meta.get("tokenizer_spec"),
+                            num_frames=meta.get("num_frames"))
+        if pipeline.model_id != self._snap.model_id:
+            raise ModelMismatchError(
+                f"{self.index_dir} was built with model id {self._snap.model_id} ({self._snap.meta.get('model_spec')}), "
+                f"but the loaded model has id {pipeline.model_id} ({pipeline.spec}): the weights changed since "
+                f"indexing; re-run `clipvip index --rebuild`")
+        self.pipeline = pipeline
+
+    # ------------------------------------------------------------------ snapshot
+    def _prepare(self, snap: Any) -> None:
+        """Per-snapshot search state: the score kernel, video arrays for filters, the IVF cache slot."""
+        snap.kernel = ExactSearch(snap.vectors) if len(snap.vectors) else None
+        snap.video_paths = [v.path for v in snap.videos]
+        snap.durations = np.array([np.nan if v.duration is None else v.duration for v in snap.videos], np.float64)
+        snap.ivf = None
+        snap.window_pos = {int(w): i for i, w in enumerate(snap.window_ids.tolist())}
+        snap.video_pos = {v.id: i for i, v in enumerate(snap.videos)}
+
+    @property
+    def snapshot(self) -> Any:
+        return self._snap
+
+    @property
+    def meta(self) -> dict[str, Any]:
+        return self._snap.meta
+
+    @property
+    def model_id(self) -> str:
+        return self._snap.model_id
+
+    @property
+    def video_root(self) -> Path:
+        return self._snap.video_root
 
     def __len__(self) -> int:
         """Number of indexed videos in the current snapshot."""
-        raise NotImplementedError
+        return len(self._snap.videos)
 
     @property
     def num_windows(self) -> int:
-        raise NotImplementedError
+        return len(self._snap.slots)
 
     def refresh(self) -> bool:
-        """Follow a newer commit of the index if there is one (cheap: one SQLite query); True if it moved."""
-        raise NotImplementedError
+        """Follow a newer commit of the index if there is one; True if the snapshot moved."""
+        from clipvip.search.store import commit_token, read_snapshot
 
+        token = commit_token(self.index_dir)
+        if token == self._commit:
+            return False
+        with self._lock:
+            snap = read_snapshot(self.index_dir)
+            if snap.model_id != self.pipeline.model_id:
+                from clipvip.search.store import ModelMismatchError
+
+                raise ModelMismatchError(f"{self.index_dir} was rebuilt with model id {snap.model_id}; restart with it")
+            self._prepare(snap)
+            self._snap = snap
+            self._commit = token
+        return True
+
+    # ------------------------------------------------------------------ search
     def search(self, queries: str | Sequence[str], k: int = 10, *, all_windows: bool = False,
                under: str | bytes | Path | None = None, min_duration: float | None = None,
                max_duration: float | None = None) -> list[list[Hit]]:
@@ -283,16 +353,206 @@ class SearchEngine:
         excluded when a bound is given). Raises ``ValueError`` for an empty/too long query, a ``k``
         outside 1..MAX_K or a bad filter.
         """
-        raise NotImplementedError
+        texts = [queries] if isinstance(queries, str) else list(queries)
+        _check_k_range(k)
+        snap = self._snap
+        vecs = self.pipeline.encode_texts(texts)
+        return self._search(snap, vecs, int(k), all_windows, under, min_duration, max_duration)
 
-    def search_vectors(self, vectors: Any, k: int = 10, **filters: Any) -> list[list[Hit]]:
+    def search_vectors(self, vectors: Any, k: int = 10, *, all_windows: bool = False,
+                       under: str | bytes | Path | None = None, min_duration: float | None = None,
+                       max_duration: float | None = None) -> list[list[Hit]]:
         """:meth:`search` with query embeddings ``[Q, D]`` instead of texts (no model call)."""
-        raise NotImplementedError
+        _check_k_range(k)
+        return self._search(self._snap, vectors, int(k), all_windows, under, min_duration, max_duration)
 
+    def _video_mask(self, snap: Any, under: Any, lo: float | None, hi: float | None) -> np.ndarray | None:
+        if under is None and lo is None and hi is None:
+            return None
+        mask = np.ones(len(snap.videos), bool)
+        if under is not None:
+            prefix = _under_prefix(under, snap)
+            if prefix:
+                mask &= np.array([p == prefix or p.startswith(prefix + b"/") for p in snap.video_paths], bool)
+        for bound, name in ((lo, "min_duration"), (hi, "max_duration")):
+            if bound is not None and (not isinstance(bound, (int, float)) or not math.isfinite(bound) or bound < 0):
+                raise ValueError(f"{name} must be a non-negative number of seconds, got {bound!r}")
+        if lo is not None and hi is not None and hi < lo:
+            raise ValueError(f"max_duration {hi} is below min_duration {lo}")
+        with np.errstate(invalid="ignore"):
+            if lo is not None:
+                mask &= snap.durations >= lo
+            if hi is not None:
+                mask &= snap.durations <= hi
+        return mask
+
+    def _search(self, snap: Any, queries: Any, k: int, all_windows: bool, under: Any, lo: Any, hi: Any) -> list[list[Hit]]:
+        q = _queries(queries, int(snap.meta["dim"]))
+        vmask = self._video_mask(snap, under, lo, hi)
+        n_q = q.shape[0]
+        if snap.kernel is None or not len(snap.slots):
+            return [[] for _ in range(n_q)]
+        with torch.inference_mode():
+            sc = self._window_scores(snap, q, k, all_windows, vmask)  # [Q, W] float32, -inf = excluded
+            wvid = torch.from_numpy(snap.video_index)
+            out = []
+            if all_windows:
+                kk = min(k, sc.shape[1])
+                vals, idx = torch.topk(sc, kk, dim=1)
+                for qi in range(n_q):
+                    hits = [(float(v), int(i)) for v, i in zip(vals[qi].tolist(), idx[qi].tolist()) if v != -math.inf]
+                    hits.sort(key=lambda t: (-t[0], t[1]))
+                    out.append([self._hit(snap, r + 1, s, w) for r, (s, w) in enumerate(hits)])
+                return out
+            n_v = len(snap.videos)
+            best = torch.full((n_q, n_v), -math.inf).scatter_reduce(1, wvid.expand(n_q, -1), sc, "amax")
+            kk = min(k, n_v)
+            vals, vidx = torch.topk(best, kk, dim=1)
+            for qi in range(n_q):
+                hits = []
+                for v, vi in zip(vals[qi].tolist(), vidx[qi].tolist()):
+                    if v == -math.inf:
+                        continue
+                    a, b = int(snap.offsets[vi]), int(snap.offsets[vi + 1])
+                    w = a + int(torch.argmax(sc[qi, a:b]))
+                    hits.append((float(sc[qi, w]), vi, w))
+                hits.sort(key=lambda t: (-t[0], t[1]))
+                out.append([self._hit(snap, r + 1, s, w) for r, (s, _, w) in enumerate(hits)])
+            return out
+
+    def _window_scores(self, snap: Any, q: np.ndarray, k: int, all_windows: bool, vmask: np.ndarray | None) -> torch.Tensor:
+        """Scores of every live window ``[Q, W]``; excluded ones (dead, filtered, not probed) are ``-inf``."""
+        use_ivf = self.backend == "faiss" or (self.backend == "auto" and faiss_available()
+                                              and len(snap.slots) >= FAISS_MIN_ROWS)
+        if use_ivf:
+            return self._ivf_scores(snap, q, k, vmask)
+        full = snap.kernel.scores(torch.from_numpy(q))  # [Q, slots]: one matmul over the mapped file
+        sc = full[:, torch.from_numpy(snap.slots)] if snap.dead else full  # dead slots never gathered
+        if vmask is not None:
+            wmask = torch.from_numpy(vmask[snap.video_index])
+            sc = sc.masked_fill(~wmask, -math.inf)
+        return sc
+
+    def _ivf_scores(self, snap: Any, q: np.ndarray, k: int, vmask: np.ndarray | None) -> torch.Tensor:
+        if snap.ivf is None:
+            with self._lock:
+                if snap.ivf is None:
+                    snap.ivf = IVFSearch.cached(snap)
+        n_w = len(snap.slots)
+        want = min(n_w, max(64, 16 * k) if vmask is None else max(256, 64 * k))
+        scores, pos = snap.ivf.search(q, want)
+        sc = torch.full((q.shape[0], n_w), -math.inf)
+        valid = pos >= 0
+        for qi in range(q.shape[0]):
+            p = pos[qi][valid[qi]]
+            sc[qi, torch.from_numpy(p)] = torch.from_numpy(scores[qi][valid[qi]])
+        if vmask is not None:
+            sc = sc.masked_fill(~torch.from_numpy(vmask[snap.video_index]), -math.inf)
+        return sc
+
+    def _hit(self, snap: Any, rank: int, score: float, w: int) -> Hit:
+        from clipvip.search.store import escape_path
+
+        v = snap.videos[int(snap.video_index[w])]
+        return Hit(rank=rank, score=float(score), video_id=v.id, window_id=int(snap.window_ids[w]),
+                   path=escape_path(v.path), relpath=v.path, start=float(snap.starts[w]), end=float(snap.ends[w]),
+                   duration=v.duration, thumb=snap.thumbs[w] is not None)
+
+    # ------------------------------------------------------------------ files
     def video_file(self, video_id: int) -> VideoFile:
         """The file of an indexed video; ``KeyError`` if ``video_id`` is not in the current snapshot."""
-        raise NotImplementedError
+        import os
+
+        from clipvip.search.store import escape_path
+
+        snap = self._snap
+        v = snap.videos[snap.video_pos[int(video_id)]]
+        root = snap.video_root
+        return VideoFile(video_id=v.id, root=root, path=Path(os.fsdecode(os.path.join(snap.meta["video_root"], v.path))),
+                         relpath=v.path, display=escape_path(v.path), size=v.size, mtime_ns=v.mtime_ns,
+                         duration=v.duration)
 
     def thumb_file(self, window_id: int) -> Path | None:
         """The JPEG thumbnail of a window (None if it has none); ``KeyError`` for an unknown window."""
-        raise NotImplementedError
+        snap = self._snap
+        name = snap.thumbs[snap.window_pos[int(window_id)]]
+        return None if name is None else self.index_dir / "thumbs" / name
+
+
+class IVFSearch:
+    """FAISS ``IndexIVFFlat`` (inner product) over the live windows of one index generation.
+
+    Approximate: it probes ``nprobe`` of ``nlist`` clusters. Built once per (generation, slots) and
+    saved as ``ivf-<generation>-<slots>.faiss`` beside the index (atomically; a read-only index directory
+    just keeps it in memory), so a server restart does not retrain it.
+    """
+
+    def __init__(self, index: Any, nprobe: int):
+        self.index = index
+        self.index.nprobe = nprobe
+
+    @staticmethod
+    def nlist_for(n: int) -> int:
+        return max(1, min(int(4 * math.sqrt(n)), n // 39 if n >= 39 else 1))
+
+    @classmethod
+    def build(cls, vectors: np.ndarray, nprobe: int | None = None, seed: int = 0) -> "IVFSearch":
+        import faiss
+
+        x = np.ascontiguousarray(vectors, dtype=np.float32)
+        n, d = x.shape
+        nlist = cls.nlist_for(n)
+        quant = faiss.IndexFlatIP(d)
+        index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
+        index.cp.seed = seed
+        train = x if n <= 256 * nlist else x[np.random.default_rng(seed).choice(n, 256 * nlist, replace=False)]
+        index.train(train)
+        index.add(x)
+        return cls(index, nprobe or max(1, nlist // 16))
+
+    @classmethod
+    def cached(cls, snap: Any) -> "IVFSearch":
+        import faiss
+
+        from clipvip.atomic import atomic_write_bytes
+
+        path = snap.root / f"ivf-{snap.generation:06d}-{len(snap.vectors)}-{len(snap.slots)}.faiss"
+        if path.is_file():
+            try:
+                index = faiss.deserialize_index(np.fromfile(path, dtype=np.uint8))
+                if index.ntotal == len(snap.slots):
+                    return cls(index, max(1, index.nlist // 16))
+            except Exception:  # noqa: BLE001 - a bad cache is rebuilt, never trusted
+                pass
+        ivf = cls.build(np.asarray(snap.vectors)[snap.slots])
+        try:
+            atomic_write_bytes(path, faiss.serialize_index(ivf.index).tobytes())
+        except OSError:
+            pass
+        return ivf
+
+    def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+        scores, rows = self.index.search(np.ascontiguousarray(queries, dtype=np.float32), int(k))
+        return scores.astype(np.float32), rows.astype(np.int64)
+
+
+def _check_k_range(k: Any) -> None:
+    if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or not 1 <= int(k) <= MAX_K:
+        raise ValueError(f"k must be an integer in 1..{MAX_K}, got {k!r}")
+
+
+def _under_prefix(under: Any, snap: Any) -> bytes:
+    """``under`` as a relative path prefix (bytes, no trailing slash); ``b""`` = the whole root."""
+    import os
+
+    raw = os.fsencode(under)
+    root = snap.meta["video_root"]
+    if os.path.isabs(raw):
+        rel = os.path.relpath(os.path.normpath(raw), root)
+        if rel == b".." or rel.startswith(b"../"):
+            raise ValueError(f"under={os.fsdecode(raw)!r} is not inside the indexed folder {os.fsdecode(root)}")
+    else:
+        rel = os.path.normpath(raw)
+        if rel == b".." or rel.startswith(b"../"):
+            raise ValueError(f"under={os.fsdecode(raw)!r} leaves the indexed folder")
+    return b"" if rel == b"." else rel.rstrip(b"/")
