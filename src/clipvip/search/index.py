@@ -225,8 +225,10 @@ def decode_windows(full: bytes, rel: bytes, num_frames: int, transform: Callable
         for first in range(0, len(spans), chunk):
             part = spans[first : first + chunk]
             pixels, jpegs = [], []
-            for s, e in part:
-                lo, hi = window_range(times, s, e) if len(spans) > 1 else (0, len(times))
+            for j, (s, e) in enumerate(part):
+                last = first + j == len(spans) - 1
+                # windows are half-open [s, e) (a frame at e belongs to the next one), the last one closed
+                lo, hi = (0, len(times)) if len(spans) == 1 else window_range(times, s, e if last else e - 1e-3)
                 idx = [int(i) for i in sample_indices(hi - lo, num_frames, "uniform") + lo]
                 frames = reader.get_frames(idx)
                 if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
