@@ -106,11 +106,11 @@ def test_captions_find_their_moment_in_concatenated_videos(trained, tmp_path: Pa
     queries = [(key, text) for key, texts in truth.items() for text in texts]
     hits = engine.search([t for _, t in queries], k=5, all_windows=True)
 
-    def at(h: list, n: int) -> bool:
+    def at(h: list, n: int, key: tuple[str, float]) -> bool:
         return any(x.path == key[0] and abs(x.start - key[1]) < 1e-6 for x in h[:n])
 
-    r1 = sum(int(at(h, 1)) for (key, _), h in zip(queries, hits)) / len(queries)
-    r5 = sum(int(at(h, 5)) for (key, _), h in zip(queries, hits)) / len(queries)
+    r1 = sum(int(at(h, 1, key)) for (key, _), h in zip(queries, hits)) / len(queries)
+    r5 = sum(int(at(h, 5, key)) for (key, _), h in zip(queries, hits)) / len(queries)
     chance = 1 / len(truth)
     # the same model ranking the same clips in memory (the demo's evaluation: no files, no windows):
     # finding a moment among windows of long videos should be about as good as finding the clip itself
