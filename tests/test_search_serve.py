@@ -481,6 +481,31 @@ def test_folder_swapped_for_a_symlink_is_refused(server, world):
     assert get(server, f"/video/{vid}")[0] == 200
 
 
+def test_server_follows_new_commits_of_the_index(world, tmp_path: Path):
+    """``clipvip index`` run again while the server runs: the new video is served without a restart."""
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_video(videos / "first.mp4", seed=21, frames=6)
+    build_index(videos, tmp_path / "index", world.pipe, progress=False)
+    srv = make_server(SearchService(tmp_path / "index", world.pipe), "127.0.0.1", 0,
+                      Limits(refresh_interval=0.1)).start()
+    try:
+        assert strict_json(get(srv, "/api/health")[2])["videos"] == 1
+        make_video(videos / "second.mp4", seed=22, frames=6)
+        build_index(videos, tmp_path / "index", world.pipe, progress=False)
+        deadline = time.monotonic() + 30
+        while strict_json(get(srv, "/api/health")[2])["videos"] != 2:
+            assert time.monotonic() < deadline, "the server never saw the new commit"
+            time.sleep(0.1)
+        paths = {r["path"] for r in strict_json(get(srv, "/api/search?q=anything&k=5")[2])["results"]}
+        assert paths == {"first.mp4", "second.mp4"}
+        second = next(v.id for v in srv.service.engine.snapshot.videos if v.path == b"second.mp4")
+        assert get(srv, f"/video/{second}")[2] == (videos / "second.mp4").read_bytes()
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
 # ---------------------------------------------------------------------- CLI
 def test_search_cli_prints_the_same_ranking(server, world, bpe_path: Path, capsys):
     from clipvip.cli import main

@@ -58,6 +58,8 @@ from clipvip.search.service import MAX_QUERY_CHARS, SearchService, Unavailable, 
 log = logging.getLogger(__name__)
 
 _WILDCARD_BINDS = ("", "0.0.0.0", "::")  # noqa: S104 - names of the wildcard addresses, not a bind
+# on every answer, including the ones the protocol layer writes itself
+_COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 
 
 # ---------------------------------------------------------------------- JSON everywhere
@@ -82,7 +84,7 @@ def raw_response(status: int, message: str, extra: list[tuple[str, str]] = ()) -
     phrase = _phrase(status)
     lines = [f"HTTP/1.1 {status} {phrase}", "content-type: application/json",
              f"content-length: {len(body)}", "connection: close", f"date: {email.utils.formatdate(usegmt=True)}",
-             *(f"{k}: {v}" for k, v in extra)]
+             *(f"{k.decode()}: {v.decode()}" for k, v in _COMMON_HEADERS), *(f"{k}: {v}" for k, v in extra)]
     return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
 
 
@@ -360,7 +362,6 @@ def page_csp(page: bytes) -> str:
             "media-src 'self'; connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
-_COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
 
 
 def create_app(service: SearchService, limits: Limits = Limits(), extra_hosts: tuple[str, ...] = ()) -> Any:
@@ -378,9 +379,11 @@ def create_app(service: SearchService, limits: Limits = Limits(), extra_hosts: t
         detail = exc.detail if isinstance(exc.detail, str) else _phrase(exc.status_code)
         if exc.status_code == 404 and detail == "Not Found":
             detail = f"no such resource: {request.url.path[:200]}"
-        elif exc.status_code == 405:
+        headers = dict(exc.headers or {})
+        if exc.status_code == 405:  # every route answers GET and HEAD (registered as two routes)
             detail = f"method {request.method} is not allowed here (use GET or HEAD)"
-        return _error(exc.status_code, detail, dict(exc.headers or {}))
+            headers = {**{k: v for k, v in headers.items() if k.lower() != "allow"}, "allow": "GET, HEAD"}
+        return _error(exc.status_code, detail, headers)
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> Response:
@@ -390,16 +393,25 @@ def create_app(service: SearchService, limits: Limits = Limits(), extra_hosts: t
     async def _unavailable(request: Request, exc: Unavailable) -> Response:
         return _error(exc.status, exc.reason)
 
-    @app.api_route("/", methods=["GET", "HEAD"], include_in_schema=False)
+    def route(path: str, **kwargs: Any) -> Any:
+        """GET in the OpenAPI description, plus the same handler for HEAD (kept out of it: one operation id)."""
+        def register(fn: Any) -> Any:
+            app.add_api_route(path, fn, methods=["HEAD"], include_in_schema=False,
+                              **{k: v for k, v in kwargs.items() if k in ("response_class",)})
+            return app.get(path, **kwargs)(fn)
+
+        return register
+
+    @route("/", include_in_schema=False)
     def index_page() -> Response:
         return HTMLResponse(page, headers={"content-security-policy": csp, "cache-control": "no-store"})
 
-    @app.api_route("/api/health", methods=["GET", "HEAD"], summary="index and model summary")
+    @route("/api/health", summary="index and model summary")
     def health() -> Any:
         _refresh(service)
         return service.health()
 
-    @app.api_route("/api/search", methods=["GET", "HEAD"], summary="rank the moments of the index for a text")
+    @route("/api/search", summary="rank the moments of the index for a text")
     def search(
         q: str = Query(..., max_length=MAX_QUERY_CHARS, description="what to look for, in words"),
         k: int = Query(10, ge=1, le=MAX_K, description="number of hits"),
@@ -426,13 +438,13 @@ def create_app(service: SearchService, limits: Limits = Limits(), extra_hosts: t
         return {"query": q, "k": k, "all_windows": all_windows, "count": len(results),
                 "took_ms": round(took, 2), "results": results}
 
-    @app.api_route("/thumbs/{window_id}.jpg", methods=["GET", "HEAD"], summary="a window's thumbnail (JPEG)",
+    @route("/thumbs/{window_id}.jpg", summary="a window's thumbnail (JPEG)",
                    response_class=Response)
     def thumb(window_id: int) -> Response:
         path = service.thumb(window_id)
         return FileResponse(path, media_type="image/jpeg", headers={"cache-control": "max-age=3600"})
 
-    @app.api_route("/video/{video_id}", methods=["GET", "HEAD"], response_class=Response,
+    @route("/video/{video_id}", response_class=Response,
                    summary="a video file (byte ranges supported)",
                    responses={404: {"description": "not indexed, gone, or now outside the video folder"},
                               409: {"description": "the file changed since it was indexed"}})
@@ -522,7 +534,7 @@ class SearchServer:
         self.service.refresh_interval = self.limits.refresh_interval
         config = uvicorn.Config(
             self.app, http=_protocol_class(self.limits), ws="none", lifespan="off", interface="asgi3",
-            proxy_headers=False, server_header=False, log_config=None, access_log=False,
+            proxy_headers=False, server_header=False, log_config=None, log_level="warning", access_log=False,
             timeout_keep_alive=self.limits.keep_alive,  # type: ignore[arg-type] - a float works
             timeout_graceful_shutdown=5, backlog=1024, h11_max_incomplete_event_size=self.limits.max_head,
         )
