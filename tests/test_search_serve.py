@@ -142,7 +142,9 @@ def test_search_returns_moments_with_media_urls(server, world):
         assert float(snap.starts[i]) == pytest.approx(r["start"], abs=1e-3)
         assert float(snap.ends[i]) == pytest.approx(r["end"], abs=1e-3)
         vec = np.asarray(snap.vectors[snap.slots[i]], np.float32)
-        assert r["score"] == pytest.approx(float(vec @ text), abs=1e-4)
+        assert r["score"] == pytest.approx(float(vec @ text), abs=1e-4), (
+            "the hit's score is not the cosine of its window's stored vector: are scores gathered by slot "
+            f"(snapshot.slots = {snap.slots.tolist()}, dead = {snap.dead})?")
         assert 0 <= r["start"] < r["end"] and re.fullmatch(r"\d\d:\d\d:\d\d\u2013\d\d:\d\d:\d\d", r["span"])
         assert r["play_url"] == f"/video/{r['video_id']}#t={r['start']:g},{r['end']:g}"
     first = results[0]
@@ -590,6 +592,10 @@ def test_page_renders_moments_in_headless_chromium(server, tmp_path: Path):
     shot = Path(os.environ.get("CLIPVIP_SCREENSHOT_DIR", tmp_path)) / "serve-screenshot.png"
     _browse(url, tmp_path, f"--screenshot={shot}")
     assert shot.is_file() and shot.stat().st_size > 5000
+    # every moment: the checkbox state comes from the URL and the page lists every window
+    every = _browse(server.url + "?q=a+blue+block&k=100&all_windows=true", tmp_path, "--dump-dom").stdout
+    windows = strict_json(get(server, "/api/health")[2])["windows"]
+    assert every.count('class="result"') == windows and f"{windows} moments for" in every
 
 
 @pytest.mark.slow
