@@ -293,11 +293,9 @@ class SearchEngine:
     def _prepare(self, snap: Any) -> None:
         """Per-snapshot search state: the score kernel, video arrays for filters, the IVF cache slot."""
         snap.kernel = ExactSearch(snap.vectors) if len(snap.vectors) else None
-        snap.video_paths = [v.path for v in snap.videos]
-        snap.durations = np.array([np.nan if v.duration is None else v.duration for v in snap.videos], np.float64)
+        snap.video_paths = snap.videos.paths
+        snap.durations = snap.videos.durations
         snap.ivf = None
-        snap.window_pos = {int(w): i for i, w in enumerate(snap.window_ids.tolist())}
-        snap.video_pos = {v.id: i for i, v in enumerate(snap.videos)}
 
     @property
     def snapshot(self) -> Any:
@@ -408,14 +406,15 @@ class SearchEngine:
             best = torch.full((n_q, n_v), -math.inf).scatter_reduce(1, wvid.expand(n_q, -1), sc, "amax")
             kk = min(k, n_v)
             vals, vidx = torch.topk(best, kk, dim=1)
+            sc_np = sc.numpy()
             for qi in range(n_q):
                 hits = []
                 for v, vi in zip(vals[qi].tolist(), vidx[qi].tolist()):
                     if v == -math.inf:
                         continue
                     a, b = int(snap.offsets[vi]), int(snap.offsets[vi + 1])
-                    w = a + int(torch.argmax(sc[qi, a:b]))
-                    hits.append((float(sc[qi, w]), vi, w))
+                    w = a + int(sc_np[qi, a:b].argmax())  # the video's best window (first on ties)
+                    hits.append((float(sc_np[qi, w]), vi, w))
                 hits.sort(key=lambda t: (-t[0], t[1]))
                 out.append([self._hit(snap, r + 1, s, w) for r, (s, _, w) in enumerate(hits)])
             return out
@@ -466,7 +465,7 @@ class SearchEngine:
         from clipvip.search.store import escape_path
 
         snap = self._snap
-        v = snap.videos[snap.video_pos[int(video_id)]]
+        v = snap.videos[snap.videos.position(int(video_id))]
         root = snap.video_root
         return VideoFile(video_id=v.id, root=root, path=Path(os.fsdecode(os.path.join(snap.meta["video_root"], v.path))),
                          relpath=v.path, display=escape_path(v.path), size=v.size, mtime_ns=v.mtime_ns,
@@ -475,7 +474,7 @@ class SearchEngine:
     def thumb_file(self, window_id: int) -> Path | None:
         """The JPEG thumbnail of a window (None if it has none); ``KeyError`` for an unknown window."""
         snap = self._snap
-        name = snap.thumbs[snap.window_pos[int(window_id)]]
+        name = snap.thumbs[snap.window_position(int(window_id))]
         return None if name is None else self.index_dir / "thumbs" / name
 
 
@@ -493,7 +492,9 @@ class IVFSearch:
 
     @staticmethod
     def nlist_for(n: int) -> int:
-        return max(1, min(int(4 * math.sqrt(n)), n // 39 if n >= 39 else 1))
+        # ~4 sqrt(N) lists (FAISS's usual range), at most 1024 so that training stays seconds, and at
+        # least 39 training points per list (FAISS warns below that)
+        return max(1, min(int(4 * math.sqrt(n)), 1024, n // 39 if n >= 39 else 1))
 
     @classmethod
     def build(cls, vectors: np.ndarray, nprobe: int | None = None, seed: int = 0) -> "IVFSearch":
@@ -505,7 +506,7 @@ class IVFSearch:
         quant = faiss.IndexFlatIP(d)
         index = faiss.IndexIVFFlat(quant, d, nlist, faiss.METRIC_INNER_PRODUCT)
         index.cp.seed = seed
-        train = x if n <= 256 * nlist else x[np.random.default_rng(seed).choice(n, 256 * nlist, replace=False)]
+        train = x if n <= 64 * nlist else x[np.random.default_rng(seed).choice(n, 64 * nlist, replace=False)]
         index.train(train)
         index.add(x)
         return cls(index, nprobe or max(1, nlist // 16))

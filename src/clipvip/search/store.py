@@ -34,6 +34,7 @@ import errno
 import fcntl
 import json
 import os
+import re
 import sqlite3
 import struct
 import threading
@@ -55,6 +56,7 @@ DTYPES = {"float32": (1, np.float32), "float16": (2, np.float16)}
 COMPACT_DEAD_FRACTION = 0.25
 COMPACT_MIN_DEAD = 64
 LEGACY_FILES = ("manifest.json", "index.json")
+_PLAIN = re.compile(rb"[\x20-\x5b\x5d-\x7e]*")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value);
@@ -109,6 +111,8 @@ def escape_path(raw: bytes | str) -> str:
     """
     if isinstance(raw, str):
         raw = os.fsencode(raw)
+    if _PLAIN.fullmatch(raw):  # the common case: printable ASCII without a backslash
+        return raw.decode("ascii")
     text = raw.decode("utf-8", errors="surrogateescape")
     out = []
     for ch in text:
@@ -263,19 +267,49 @@ class FailureRow:
     reason: str
 
 
+class _Videos:
+    """The videos of a snapshot as a sequence of :class:`VideoRow`, built on access from column arrays
+    (a million-video snapshot would spend seconds creating objects nobody looks at)."""
+
+    def __init__(self, ids: np.ndarray, paths: list[bytes], sizes: np.ndarray, mtimes: np.ndarray,
+                 modes: np.ndarray, durations: np.ndarray, model_id: str):
+        self.ids, self.paths, self.sizes, self.mtimes = ids, paths, sizes, mtimes
+        self.modes, self.durations, self.model_id = modes, durations, model_id
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, i: int) -> VideoRow:
+        if not -len(self) <= i < len(self):
+            raise IndexError(i)
+        d = float(self.durations[i])
+        return VideoRow(int(self.ids[i]), self.paths[i], int(self.sizes[i]), int(self.mtimes[i]), int(self.modes[i]),
+                        None if d != d else d, self.model_id)
+
+    def __iter__(self) -> Any:
+        return (self[i] for i in range(len(self)))
+
+    def position(self, video_id: int) -> int:
+        """Index of ``video_id`` (ids are sorted); ``KeyError`` if absent."""
+        i = int(np.searchsorted(self.ids, video_id))
+        if i >= len(self.ids) or self.ids[i] != video_id:
+            raise KeyError(video_id)
+        return i
+
+
 @dataclass
 class Snapshot:
     """A consistent, immutable view of one commit: what a search needs.
 
-    Windows are ordered by (video path, start); ``video_index[i]`` is the position in ``videos`` of
-    window ``i``'s video, and the windows of video ``v`` are ``offsets[v]:offsets[v+1]``.
+    Videos are ordered by id; windows by (video, start). ``video_index[i]`` is the position in ``videos``
+    of window ``i``'s video, and the windows of video ``v`` are ``offsets[v]:offsets[v+1]``.
     """
 
     root: Path
     meta: dict[str, Any]
     generation: int
-    vectors: np.ndarray  # [slots, D] memory-mapped (read-only); dead rows included
-    videos: list[VideoRow]  # sorted by path
+    vectors: np.ndarray  # [slots, D] memory-mapped (copy-on-write, never written); dead rows included
+    videos: _Videos
     window_ids: np.ndarray  # int64 [W]
     slots: np.ndarray  # int64 [W]
     video_index: np.ndarray  # int64 [W]
@@ -297,6 +331,16 @@ class Snapshot:
     def dead(self) -> int:
         return int(self.vectors.shape[0] - len(self.slots))
 
+    def window_position(self, window_id: int) -> int:
+        """Index of ``window_id`` among the snapshot's windows; ``KeyError`` if absent."""
+        order = self.__dict__.get("_wid_order")
+        if order is None:
+            order = self.__dict__["_wid_order"] = np.argsort(self.window_ids, kind="stable")
+        i = int(np.searchsorted(self.window_ids, window_id, sorter=order))
+        if i >= len(order) or self.window_ids[order[i]] != window_id:
+            raise KeyError(window_id)
+        return int(order[i])
+
 
 def read_snapshot(index_dir: str | Path, *, retries: int = 3) -> Snapshot:
     """Read the latest commit of an index (see module doc); ``IndexFormatError`` names a damaged file."""
@@ -317,16 +361,21 @@ def read_snapshot(index_dir: str | Path, *, retries: int = 3) -> Snapshot:
     raise AssertionError("unreachable")
 
 
+def _columns(rows: list[tuple], n: int) -> list[tuple]:
+    return list(zip(*rows)) if rows else [()] * n
+
+
 def _snapshot(con: sqlite3.Connection, root: Path, db: Path) -> Snapshot:
     con.execute("BEGIN")
     try:
         meta = _read_meta(con, db)
+        model_id = meta["model_id"]
         try:
-            vrows = con.execute("SELECT id, path, size, mtime_ns, mode, duration, model_id FROM videos "
-                                "ORDER BY path").fetchall()
-            wrows = con.execute('SELECT w.id, w.slot, w.video_id, w.start, w."end", w.thumb, w.model_id FROM windows w '
-                                'JOIN videos v ON v.id = w.video_id ORDER BY v.path, w.start, w.id').fetchall()
-            n_windows = con.execute("SELECT count(*) FROM windows").fetchone()[0]
+            vrows = con.execute("SELECT id, path, size, mtime_ns, mode, duration FROM videos ORDER BY id").fetchall()
+            wrows = con.execute('SELECT id, slot, video_id, start, "end", thumb FROM windows '
+                                'ORDER BY video_id, start, id').fetchall()
+            foreign = con.execute("SELECT (SELECT count(*) FROM videos WHERE model_id IS NOT ?) + "
+                                  "(SELECT count(*) FROM windows WHERE model_id IS NOT ?)", (model_id, model_id)).fetchone()[0]
             version = con.execute("PRAGMA data_version").fetchone()[0]
         except sqlite3.DatabaseError as exc:
             raise IndexFormatError(f"{db}: damaged ({exc}); rebuild it with --rebuild") from exc
@@ -335,6 +384,9 @@ def _snapshot(con: sqlite3.Connection, root: Path, db: Path) -> Snapshot:
         fh = open(vpath, "rb")  # FileNotFoundError → caller retries with a newer snapshot
     finally:
         con.execute("COMMIT")
+    if foreign:
+        raise IndexFormatError(f"{db}: {foreign} rows were embedded by another model than {model_id}: mixed index; "
+                               f"rebuild it with --rebuild")
     with fh:
         _check_header(vpath, dim, dtype)
         need = HEADER + n_slots * dim * np.dtype(DTYPES[dtype][1]).itemsize
@@ -348,43 +400,37 @@ def _snapshot(con: sqlite3.Connection, root: Path, db: Path) -> Snapshot:
             vectors = np.memmap(fh, dtype=DTYPES[dtype][1], mode="c", offset=HEADER, shape=(n_slots, dim))
         else:
             vectors = np.zeros((0, dim), DTYPES[dtype][1])
-    model_id = meta["model_id"]
-    videos: list[VideoRow] = []
-    pos: dict[int, int] = {}
     try:
-        for r in vrows:
-            row = VideoRow(int(r[0]), bytes(r[1]), int(r[2]), int(r[3]), int(r[4]),
-                           None if r[5] is None else float(r[5]), str(r[6]))
-            if row.model_id != model_id:
-                raise IndexFormatError(f"{db}: video {escape_path(row.path)} was embedded by model {row.model_id}, "
-                                       f"the index by {model_id}: mixed index; rebuild it with --rebuild")
-            pos[row.id] = len(videos)
-            videos.append(row)
-        if len(wrows) != n_windows:
-            raise IndexFormatError(f"{db}: {n_windows - len(wrows)} windows belong to no video (damaged)")
-        w = len(wrows)
-        window_ids = np.fromiter((int(r[0]) for r in wrows), np.int64, w)
-        slots = np.fromiter((int(r[1]) for r in wrows), np.int64, w)
-        video_index = np.fromiter((pos[int(r[2])] for r in wrows), np.int64, w)
-        starts = np.fromiter((float(r[3]) for r in wrows), np.float64, w)
-        ends = np.fromiter((float(r[4]) for r in wrows), np.float64, w)
-        thumbs = [None if r[5] is None else str(r[5]) for r in wrows]
-        if any(r[6] != model_id for r in wrows):
-            raise IndexFormatError(f"{db}: windows embedded by another model than {model_id}: mixed index; "
-                                   f"rebuild it with --rebuild")
-    except (TypeError, ValueError, KeyError) as exc:
-        if isinstance(exc, IndexFormatError):
-            raise
+        vid, vpaths, vsize, vmtime, vmode, vdur = _columns(vrows, 6)
+        if any(type(p) is not bytes for p in vpaths):
+            raise TypeError("a video path is not a BLOB")
+        videos = _Videos(np.array(vid, np.int64), list(vpaths), np.array(vsize, np.int64), np.array(vmtime, np.int64),
+                         np.array(vmode, np.int64), np.array([np.nan if d is None else d for d in vdur], np.float64),
+                         model_id)
+        wid, wslot, wvid, wstart, wend, wthumb = _columns(wrows, 6)
+        window_ids = np.array(wid, np.int64)
+        slots = np.array(wslot, np.int64)
+        starts = np.array(wstart, np.float64)
+        ends = np.array(wend, np.float64)
+        wvid_arr = np.array(wvid, np.int64)
+        thumbs = list(wthumb)
+        if any(t is not None and type(t) is not str for t in thumbs):
+            raise TypeError("a thumbnail name is not text")
+    except (TypeError, ValueError) as exc:
         raise IndexFormatError(f"{db}: a row has a wrong type ({type(exc).__name__}: {exc}); the index is "
                                f"damaged; rebuild it with --rebuild") from exc
+    w = len(wrows)
+    video_index = np.searchsorted(videos.ids, wvid_arr).astype(np.int64)
+    if w and (video_index.max() >= len(videos.ids) or (videos.ids[np.minimum(video_index, len(videos.ids) - 1)] != wvid_arr).any()):
+        raise IndexFormatError(f"{db}: windows belong to no video (damaged)")
     if w and (slots.min() < 0 or slots.max() >= n_slots):
         raise IndexFormatError(f"{db}: a window points at slot {int(slots.max())} outside the {n_slots} committed "
                                f"vectors of {vpath.name} (damaged)")
+    if w and len(np.unique(slots)) != w:
+        raise IndexFormatError(f"{db}: two windows share a vector slot (damaged)")
     if w and not (np.isfinite(starts).all() and np.isfinite(ends).all() and (ends >= starts).all()):
         raise IndexFormatError(f"{db}: a window has a non-finite or inverted time range (damaged)")
     offsets = np.searchsorted(video_index, np.arange(len(videos) + 1), side="left").astype(np.int64)
-    if w and (np.diff(video_index) < 0).any():
-        raise IndexFormatError(f"{db}: windows out of order (damaged)")
     return Snapshot(root, meta, gen, vectors, videos, window_ids, slots, video_index, starts, ends, thumbs,
                     offsets, (gen, int(version)))
 
