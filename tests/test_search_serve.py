@@ -38,6 +38,8 @@ SCRIPT_DIR = "<script>document.body.dataset.pwned='1'<"
 SCRIPT_PATH = SCRIPT_DIR + "/script>.mp4"
 IMG_NAME = "<img src=x onerror=\"document.body.dataset.pwned='2'\">.mp4"
 SECRET = b"TOP SECRET: outside the video folder"
+ODD_NAMES = [b"caf\xe9 latin-1.mp4", b"two\nlines.mp4"]
+N_VIDEOS = 9
 
 
 @pytest.fixture(scope="module")
@@ -54,6 +56,9 @@ def world(tmp_path_factory):
     make_video(videos / IMG_NAME, seed=5, frames=6)
     make_video(videos / "other.mp4", seed=6, frames=12)
     os.symlink("a.mp4", videos / "link.mp4")
+    for i, raw_name in enumerate(ODD_NAMES):  # names that are not valid UTF-8 or hold a newline
+        make_video(videos / f"odd{i}.mp4", seed=30 + i, frames=6)
+        os.rename(os.fsencode(videos / f"odd{i}.mp4"), os.fsencode(videos) + b"/" + raw_name)
     (videos / "corrupt.mp4").write_bytes(b"not a video at all")
     (tmp / "secret.txt").write_bytes(SECRET)
     build_index(videos, tmp / "index", pipe, progress=False, window=2.0, stride=1.0)
@@ -122,7 +127,7 @@ def test_binds_localhost_and_reports_health(server, world):
     status, headers, body = get(server, "/api/health")
     data = strict_json(body)
     assert status == 200 and headers["content-type"] == "application/json"
-    assert data["status"] == "ok" and data["videos"] == 7 and data["dim"] == 32
+    assert data["status"] == "ok" and data["videos"] == N_VIDEOS and data["dim"] == 32
     assert data["windows"] > data["videos"]  # the 5 s video has several 2 s windows
 
 
@@ -169,7 +174,7 @@ def test_all_windows_lists_every_moment_of_a_long_video(server, world):
     spans = sorted((r["start"], r["end"]) for r in data["results"] if r["video_id"] == long_id)
     assert len(spans) >= 3 and len({s for s, _ in spans}) == len(spans)  # distinct moments of one video
     one = strict_json(get(server, "/api/search?q=colours&k=100")[2])
-    assert one["count"] == 7 and len({r["video_id"] for r in one["results"]}) == 7
+    assert one["count"] == N_VIDEOS and len({r["video_id"] for r in one["results"]}) == N_VIDEOS
     under = strict_json(get(server, "/api/search?q=colours&k=10&under=sub")[2])
     assert [r["path"] for r in under["results"]] == ["sub/c.mp4"]
     longer = strict_json(get(server, "/api/search?q=colours&k=10&min_duration=3")[2])
@@ -445,6 +450,16 @@ def test_repointed_symlink_is_refused(server, world):
     assert get(server, f"/video/{vid}")[0] == 200
 
 
+@pytest.mark.parametrize("raw_name", ODD_NAMES)
+def test_videos_with_odd_names_are_served(server, world, raw_name):
+    vid = _video_id(world, raw_name)
+    status, headers, body = get(server, f"/video/{vid}")
+    assert status == 200 and body == open(os.fsencode(world.videos) + b"/" + raw_name, "rb").read()
+    hits = strict_json(get(server, "/api/search?q=x&k=100")[2])["results"]
+    shown = next(r["path"] for r in hits if r["video_id"] == vid)
+    assert shown.isprintable() and "\n" not in shown  # escaped for display, one line
+
+
 def test_edited_or_removed_file_is_refused(server, world):
     vid = _video_id(world, b"sub/c.mp4")
     path = world.videos / "sub" / "c.mp4"
@@ -545,7 +560,7 @@ def test_serve_cli_serves_until_interrupted(world, bpe_path: Path):
         m = re.search(r"http://127\.0\.0\.1:(\d+)/", line)
         assert m, (line, proc.stderr.read() if proc.poll() is not None else "")
         srv = SimpleNamespace(server_address=("127.0.0.1", int(m.group(1))))
-        assert "7 videos" in line
+        assert f"{N_VIDEOS} videos" in line
         assert get(srv, "/api/health")[0] == 200
         assert get(srv, "/api/health", {"Host": "videos.lan"})[0] == 200
         assert get(srv, "/api/health", {"Host": "evil.lan"})[0] == 400

@@ -60,6 +60,7 @@ log = logging.getLogger(__name__)
 _WILDCARD_BINDS = ("", "0.0.0.0", "::")  # noqa: S104 - names of the wildcard addresses, not a bind
 # on every answer, including the ones the protocol layer writes itself
 _COMMON_HEADERS = [(b"x-content-type-options", b"nosniff"), (b"referrer-policy", b"no-referrer")]
+_LINGER_S = 1.0  # how long a connection answered by the protocol layer keeps reading before it closes
 
 
 # ---------------------------------------------------------------------- JSON everywhere
@@ -250,6 +251,8 @@ class _Protocol(H11Protocol):
         self._head_timer: asyncio.TimerHandle | None = None
         self._send_timer: asyncio.TimerHandle | None = None
         self._over_limit = False
+        self._draining = False
+        self._drain_timer: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------------ connections
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
@@ -259,9 +262,13 @@ class _Protocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_timers()
+        if self._drain_timer is not None:
+            self._drain_timer.cancel()
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
+        if self._draining:
+            return  # answered already: discard until the client closes or the linger time is over
         if self._over_limit:
             self._answer(503, f"too many open connections (the limit is {self.limits.max_connections}); "
                               f"retry shortly", [("retry-after", "1")])
@@ -326,8 +333,18 @@ class _Protocol(H11Protocol):
         self._answer(status, f"invalid HTTP request: {reason}")
 
     def _answer(self, status: int, message: str, extra: list[tuple[str, str]] = ()) -> None:
-        if not self.transport.is_closing():
-            self.transport.write(raw_response(status, message, extra))
+        """Write a JSON error and close *gently*: half-close, then discard what the client still sends for
+        up to a second. Closing a socket with unread input makes the kernel send a reset, which can
+        destroy the answer before the client reads it (a client still uploading an oversized head)."""
+        if self.transport.is_closing() or self._draining:
+            return
+        self._draining = True
+        self._cancel_timers()
+        self.transport.write(raw_response(status, message, extra))
+        if self.transport.can_write_eof():
+            self.transport.write_eof()
+            self._drain_timer = self.loop.call_later(_LINGER_S, self.transport.close)
+        else:
             self.transport.close()
 
 
