@@ -301,3 +301,22 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(pipe, 
     assert main(["index", str(videos), "--index", str(out), "--model", "clipvip-tiny@seed5",
                  "--tokenizer", str(bpe_path), "--no-progress"]) == 2
     assert "--rebuild" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_torchrun_two_cpu_ranks_equal_one_process(pipe, tmp_path: Path, bpe_path: Path):
+    """torchrun, 2 ranks on gloo: rank 0 writes what the others encoded; the index equals a 1-process run."""
+    names = [f"v{i:02d}.mp4" for i in range(7)]
+    videos = make_folder(tmp_path / "videos", names, bad=True)
+    make_video(videos / "long.mp4", seed=42, frames=6 * 17)  # 17 s: 3 windows
+    build_index(videos, tmp_path / "ref", pipe, progress=False, batch_size=2)
+    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "clipvip",
+           "index", str(videos), "--index", str(tmp_path / "index"), "--model", "clipvip-tiny", "--tokenizer",
+           str(bpe_path), "--no-progress", "--batch-size", "2", "--workers", "1", "--threads", "1"]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert "by 2 ranks" in proc.stdout, proc.stdout + proc.stderr
+    assert "unreadable: empty.mp4" in proc.stdout
+    assert_same_index(windows_of(tmp_path / "index"), windows_of(tmp_path / "ref"))
+    report = json.loads((tmp_path / "index" / "report.json").read_text())
+    assert sorted(f["path"] for f in report["failures"]) == sorted(BAD)

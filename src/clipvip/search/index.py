@@ -324,6 +324,7 @@ def build_index(
     window: float = DEFAULT_WINDOW,
     stride: float = DEFAULT_STRIDE,
     vector_dtype: str = "float32",
+    encoder: Callable[..., None] | None = None,
 ) -> IndexStats:
     """Create or update the index of ``video_dir`` in ``index_dir`` with ``pipeline`` (see module doc).
 
@@ -331,7 +332,9 @@ def build_index(
     batch. Raises ``ModelMismatchError`` for an index of another model, ``IndexFormatError`` for one of
     another folder, other window settings or an old format (unless ``rebuild``), ``IndexLockedError``
     when another writer holds the index. Unreadable videos never stop the run: they are listed in
-    ``stats.failures`` and ``report.json`` and announced through ``echo``.
+    ``stats.failures`` and ``report.json`` and announced through ``echo``. ``encoder`` replaces the
+    in-process encoding loop (``clipvip.search.distributed`` spreads it over ranks); it receives the same
+    arguments as ``_encode_all`` and commits through the writer it is given.
     """
     t0 = time.perf_counter()
     echo = echo or (lambda msg: log.warning("%s", msg))
@@ -385,8 +388,8 @@ def build_index(
             stats.commits += 1
         stats.compactions += int(writer.compact())
 
-        _encode_all(writer, root, video_root, todo, found, pipeline, stats, echo, batch_size, workers, window,
-                    stride, progress)
+        (encoder or _encode_all)(writer, root, video_root, todo, found, pipeline, stats, echo, batch_size, workers,
+                                 window, stride, progress)
         stats.compactions += int(writer.compact())
         keep = writer.window_thumbs()
         _clean_thumbs(root, keep)
@@ -443,32 +446,15 @@ def _encode_all(writer: IndexWriter, root: Path, video_root: bytes, todo: list[b
 
     def commit(final: bool = False) -> None:
         ready = [r for r, s in state.items() if s["done"] and len(s["vectors"]) == s["total"]]
-        if not ready and not new_failures:
+        if not ready and not (final and new_failures):
             return
-        if not final and not ready:
-            return
-        items = []
+        done = []
         for rel in ready:
             s = state.pop(rel)
-            st = found[rel]
-            windows = []
-            for i, (a, b) in enumerate(s["spans"]):
-                jpeg = s["jpegs"][i]
-                thumb = None
-                if jpeg is not None:
-                    thumb = thumb_name(rel, st, a)
-                    atomic_write_bytes(root / "thumbs" / thumb, jpeg)
-                windows.append((a, b, thumb))
-            items.append({"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "mode": st.st_mode,
-                          "duration": s["duration"], "windows": windows,
-                          "vectors": np.stack([s["vectors"][i] for i in range(s["total"])])})
-        writer.replace_videos(items, list(new_failures))
+            done.append({"rel": rel, "spans": s["spans"], "jpegs": s["jpegs"], "duration": s["duration"],
+                         "vectors": np.stack([s["vectors"][i] for i in range(s["total"])])})
+        bar.update(commit_videos(writer, root, found, done, new_failures, stats))
         new_failures.clear()
-        stats.commits += 1
-        for it in items:
-            stats.encoded += 1
-            stats.encoded_paths.append(escape_path(it["path"]))
-        bar.update(len(items))
 
     producer = _Producer(todo, video_root, pipeline, window, stride, batch_size, workers)
     try:
@@ -499,6 +485,34 @@ def _encode_all(writer: IndexWriter, root: Path, video_root: bytes, todo: list[b
     finally:
         producer.close()
         bar.close()
+
+
+def commit_videos(writer: IndexWriter, root: Path, found: dict, done: list[dict], failures: list[FailureRow],
+                  stats: IndexStats) -> int:
+    """Write the thumbnails of finished videos, then commit them (and ``failures``) in one transaction.
+
+    ``done``: ``[{rel, spans, jpegs, duration, vectors [n, D]}]``. Returns the number of videos committed.
+    """
+    items = []
+    for d in done:
+        st = found[d["rel"]]
+        windows = []
+        for (a, b), jpeg in zip(d["spans"], d["jpegs"]):
+            thumb = None
+            if jpeg is not None:
+                thumb = thumb_name(d["rel"], st, a)
+                atomic_write_bytes(root / "thumbs" / thumb, jpeg)
+            windows.append((a, b, thumb))
+        items.append({"path": d["rel"], "size": st.st_size, "mtime_ns": st.st_mtime_ns, "mode": st.st_mode,
+                      "duration": d["duration"], "windows": windows, "vectors": d["vectors"]})
+    if not items and not failures:
+        return 0
+    writer.replace_videos(items, list(failures))
+    stats.commits += 1
+    for it in items:
+        stats.encoded += 1
+        stats.encoded_paths.append(escape_path(it["path"]))
+    return len(items)
 
 
 def _clean_thumbs(root: Path, keep: set[str]) -> None:
