@@ -124,7 +124,8 @@ class JsonErrors:
                     return
                 return await send(message)
             if message["type"] == "http.response.body" and state["hold"] is not None:
-                state["chunks"].append(message.get("body", b""))
+                if sum(map(len, state["chunks"])) < 4096:  # only the start of it becomes the reason
+                    state["chunks"].append(message.get("body", b""))
                 if message.get("more_body", False):
                     return
                 start, state["hold"] = state["hold"], None
