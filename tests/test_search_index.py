@@ -79,7 +79,7 @@ def test_build_reports_bad_files_and_is_incremental(pipe, tmp_path: Path):
     assert len(messages) == 3 and all("cannot index" in m for m in messages)
 
     snap = read_snapshot(out)
-    assert [v.path.decode() for v in snap.videos] == sorted(GOOD)
+    assert sorted(v.path.decode() for v in snap.videos) == sorted(GOOD)
     assert snap.model_id == pipe.model_id and snap.video_root == videos.resolve()
     for v in snap.videos:
         st = (videos / v.path.decode()).stat()
@@ -172,9 +172,10 @@ def test_hostile_names_symlinks_and_permission_retry(pipe, tmp_path: Path, bpe_p
 
     videos = tmp_path / "videos"
     videos.mkdir()
-    odd = [b"latin\xe9.mp4", b"two\nlines.mp4", b"<script>alert(1)</script>.mp4", b"caf\xc3\xa9 \xf0\x9f\x8e\xac.mp4"]
-    for i, name in enumerate(odd):
-        make_video(Path(os.fsdecode(os.path.join(os.fsencode(videos), name))), seed=20 + i)
+    odd = [b"latin\xe9.mp4", b"two\nlines.mp4", b"<script>alert(1)<\\script>.mp4", b"caf\xc3\xa9 \xf0\x9f\x8e\xac.mp4"]
+    for i, name in enumerate(odd):  # written under a plain name, then renamed (the encoder wants UTF-8 names)
+        make_video(videos / f"tmp{i}.mp4", seed=20 + i)
+        os.rename(os.path.join(os.fsencode(videos), b"tmp%d.mp4" % i), os.path.join(os.fsencode(videos), name))
     os.symlink("missing-target.mp4", videos / "dangling.mp4")
     os.symlink("loop.mp4", videos / "loop.mp4")
     locked = make_video(videos / "locked.mp4", seed=30)
@@ -200,7 +201,7 @@ def test_hostile_names_symlinks_and_permission_retry(pipe, tmp_path: Path, bpe_p
     assert "unreadable: dangling.mp4" in printed.out and "two\\nlines.mp4" not in printed.out  # not encoded yet
     shown = sorted(v.path for v in read_snapshot(out).videos)
     assert shown == sorted(odd)
-    assert sorted(report["encoded"]) == sorted(["latin\\xe9.mp4", "two\\nlines.mp4", "<script>alert(1)</script>.mp4",
+    assert sorted(report["encoded"]) == sorted(["latin\\xe9.mp4", "two\\nlines.mp4", "<script>alert(1)<\\\\script>.mp4",
                                                 "café 🎬.mp4"])
 
     # unchanged: the permission failure is not retried; after chmod it is
