@@ -10,6 +10,7 @@ import http.client
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -21,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
+import av
 import numpy as np
 import pytest
 
@@ -630,3 +632,111 @@ def test_markup_in_file_names_is_shown_as_text(server, tmp_path: Path):
     shot = Path(os.environ.get("CLIPVIP_SCREENSHOT_DIR", tmp_path)) / "serve-markup-names.png"
     _browse(url, tmp_path, f"--screenshot={shot}")
     assert shot.is_file() and shot.stat().st_size > 5000
+
+
+class _DevTools:
+    """A minimal Chrome DevTools Protocol client over ``--remote-debugging-pipe`` (fds 3 and 4, messages
+    ended by NUL): no port, no extra package."""
+
+    def __init__(self, profile: Path):
+        to_chrome, self._w = os.pipe()
+        self._r, from_chrome = os.pipe()
+
+        def fds() -> None:
+            os.dup2(to_chrome, 3)
+            os.dup2(from_chrome, 4)
+
+        self.proc = subprocess.Popen(
+            [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--remote-debugging-pipe",
+             "--autoplay-policy=no-user-gesture-required", "--no-first-run", "--disable-background-networking",
+             "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage",
+             f"--user-data-dir={profile}", "about:blank"],
+            preexec_fn=fds, close_fds=False, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        os.close(to_chrome)
+        os.close(from_chrome)
+        self._buf, self._n = b"", 0
+
+    def call(self, method: str, params: dict | None = None, session: str | None = None, timeout: float = 60):
+        self._n += 1
+        msg = {"id": self._n, "method": method, "params": params or {}, **({"sessionId": session} if session else {})}
+        os.write(self._w, json.dumps(msg).encode() + b"\0")
+        deadline = time.monotonic() + timeout
+        while True:
+            while b"\0" in self._buf:
+                raw_msg, self._buf = self._buf.split(b"\0", 1)
+                answer = json.loads(raw_msg)
+                if answer.get("id") == self._n:
+                    if "error" in answer:
+                        raise RuntimeError(answer["error"])
+                    return answer["result"]
+            left = deadline - time.monotonic()
+            assert left > 0, f"Chromium did not answer {method} within {timeout} s"
+            if select.select([self._r], [], [], left)[0]:
+                chunk = os.read(self._r, 1 << 16)
+                assert chunk, "Chromium exited"
+                self._buf += chunk
+
+    def evaluate(self, session: str, expression: str, timeout: float = 60):
+        res = self.call("Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True},
+                        session, timeout)
+        return res["result"].get("value")
+
+    def close(self) -> None:
+        self.proc.kill()
+        self.proc.wait(timeout=30)
+        os.close(self._w)
+        os.close(self._r)
+
+
+def _make_webm(path: Path, seconds: int = 6, fps: int = 6) -> None:
+    """A VP8 clip (a codec every Chromium build plays) whose frames differ over time."""
+    container = av.open(str(path), "w")
+    stream = container.add_stream("libvpx", rate=fps)
+    stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+    for i in range(seconds * fps):
+        img = np.full((48, 64, 3), (i * 7) % 255, np.uint8)
+        img[:, : i % 64] = 200
+        for packet in stream.encode(av.VideoFrame.from_ndarray(img, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode():
+        container.mux(packet)
+    container.close()
+
+
+@pytest.mark.slow
+def test_clicking_a_moment_plays_the_video_from_its_start(world, tmp_path: Path):
+    """In Chromium (driven over the DevTools pipe): click a later window of a 6 s video; the player opens
+    on ``/video/ID#t=start,end`` and its playback position is inside that window, not at 0."""
+    (tmp_path / "videos").mkdir()
+    _make_webm(tmp_path / "videos" / "long.webm")
+    build_index(tmp_path / "videos", tmp_path / "index", world.pipe, progress=False, window=2.0, stride=1.0)
+    srv = make_server(SearchService(tmp_path / "index", world.pipe), "127.0.0.1", 0).start()
+    browser = _DevTools(tmp_path / "profile")
+    try:
+        target = browser.call("Target.createTarget", {"url": srv.url + "?q=a+grey+frame&k=100&all_windows=true"})
+        session = browser.call("Target.attachToTarget", {"targetId": target["targetId"], "flatten": True})["sessionId"]
+        for _ in range(300):  # until the page (not about:blank) has loaded; bounded
+            try:
+                if browser.evaluate(session, "document.readyState === 'complete' && location.protocol === 'http:'"):
+                    break
+            except RuntimeError:  # the execution context was replaced by the navigation: ask again
+                pass
+            time.sleep(0.05)
+        got = json.loads(browser.evaluate(session, """(async () => {
+          const until = async (f) => { for (let i = 0; i < 400 && !f(); i++) await new Promise(r => setTimeout(r, 50)); };
+          await until(() => document.querySelectorAll('.result').length > 0);
+          const li = [...document.querySelectorAll('.result')].find((e) => Number(e.dataset.start) >= 2);
+          li.click();
+          const v = document.getElementById('video');
+          await until(() => v.readyState >= 1 && v.currentTime > 0);
+          return JSON.stringify({start: Number(li.dataset.start), end: Number(li.dataset.end), time: v.currentTime,
+                                 src: v.src, error: v.error && v.error.code,
+                                 open: document.getElementById('player').classList.contains('open')});
+        })()"""))
+        assert got["open"] and got["error"] is None, got
+        assert got["start"] >= 2 and re.search(rf"/video/\d+#t={got['start']:g},{got['end']:g}$", got["src"]), got
+        assert got["start"] - 0.01 <= got["time"] <= got["end"] + 0.5, got  # playing from the moment, not from 0
+    finally:
+        browser.close()
+        srv.shutdown()
+        srv.server_close()
