@@ -4,6 +4,8 @@ Usage::
 
     python benchmarks/index.py                          # 100k and 1M vectors of dim 512 (2 KB each)
     python benchmarks/index.py --sizes 10000 100000 --commits 20
+    python benchmarks/index.py --videos ../shared/assets/videos --model clipvip-b32 \\
+        --tokenizer ../shared/assets/clip/bpe_simple_vocab_16e6.txt.gz      # the indexer itself (issue 12)
 
 For each size N the store is first filled to N vectors (one window per video, clustered unit vectors),
 then ``--commits`` durable commits of a batch of 8 and of 256 vectors are timed, with the bytes the
@@ -13,6 +15,10 @@ rename, as clipvip did before issue 10) is re-implemented here and timed on the 
 run. Then: time to open a snapshot (what ``clipvip search``/``serve`` pay at start), latency of an exact
 search (one matmul over the mapped file, one hit per video) and of the cached FAISS IVF index for 1 and 32
 queries, and IVF's recall@10 against exact on the clustered data.
+
+With ``--videos`` it measures the indexer instead: videos/s, CPU seconds per video and the share of the
+wall time the model thread spends inside the model, with 1 decode worker + 1 torch thread and with the
+default split of the cores, for fp32 and (when ``clipvip.load`` takes ``dtype=``) bf16.
 """
 
 from __future__ import annotations
@@ -119,8 +125,46 @@ def latency(fn, repeats: int) -> float:
     return 1000 * statistics.median(ts)
 
 
+def indexer(videos: str, model: str, tokenizer: str | None, runs: list[tuple[int | None, int | None]], batch: int,
+            dtypes: list[str]) -> None:
+    """Issue 12 item 4: the indexer on real clips — videos/s, CPU-s per video, share of the model thread in the model."""
+    import inspect
+
+    import clipvip
+    from clipvip.search.index import build_index, default_threads
+
+    print(f"# indexer on {videos} with {model}, batch {batch}", flush=True)
+    print("| dtype | decode workers | torch threads | videos | windows | wall s | videos/s | CPU-s / video | model share of the model thread |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for dtype in dtypes:
+        kw = {"dtype": dtype} if dtype != "fp32" and "dtype" in inspect.signature(clipvip.load).parameters else {}
+        if dtype != "fp32" and not kw:
+            print(f"| {dtype} | - | - | - | - | - | - | - | load() has no dtype= in this clipvip |")
+            continue
+        pipe = clipvip.load(model, device="cpu", tokenizer=tokenizer, **kw)
+        for workers, threads in runs:
+            w, t = default_threads(workers, threads)
+            torch.set_num_threads(t)
+            out = Path(tempfile.mkdtemp(prefix="clipvip-bench-indexer-"))
+            try:
+                c0, t0 = time.process_time(), time.perf_counter()
+                st = build_index(videos, out, pipe, batch_size=batch, progress=False, workers=w, echo=lambda m: None)
+                wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+            finally:
+                shutil.rmtree(out, ignore_errors=True)
+            # the model thread's loop = the run minus scanning/committing; model_seconds is its time in the model
+            print(f"| {dtype} | {w} | {t} | {st.encoded} | {st.windows} | {wall:.1f} | {st.encoded / wall:.2f} | "
+                  f"{cpu / max(1, st.encoded):.2f} | {100 * st.model_seconds / wall:.0f}% |", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--videos", default=None, help="instead of the storage benchmark: index this folder of real "
+                                                   "clips and report the indexer's throughput (issue 12)")
+    ap.add_argument("--model", default="clipvip-b32", help="model for --videos (default: B/32, random weights)")
+    ap.add_argument("--tokenizer", default=None, help="tokenizer for a registry --model")
+    ap.add_argument("--dtypes", nargs="+", default=["fp32", "bf16"])
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--sizes", type=int, nargs="+", default=[100_000, 1_000_000])
     ap.add_argument("--dim", type=int, default=512)
     ap.add_argument("--commits", type=int, default=20, help="timed commits per batch size (new design)")
@@ -130,6 +174,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--dir", default=None, help="scratch folder (default: a temporary one, removed at the end)")
     args = ap.parse_args()
+    if args.videos:
+        indexer(args.videos, args.model, args.tokenizer, [(1, 1), (None, None)], args.batch, args.dtypes)
+        return
     torch.set_num_threads(args.threads)
     rng = np.random.default_rng(0)
     centers = rng.standard_normal((1000, args.dim)).astype(np.float32)
