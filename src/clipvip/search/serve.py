@@ -15,13 +15,13 @@ Every error, whoever produces it, is ``{"error": reason, "status": code}`` with 
 
 * the app's own (404, 405, 409, 422, 500) via exception handlers;
 * anything else below (Starlette's plain-text 400/416 for bad ``Range`` headers, a crash that Starlette
-  answers as text) is rewritten by :class:`JsonErrors`, the outermost middleware;
+  answers as text) is rewritten by :class:`JsonErrors`, an outer middleware;
 * what uvicorn answers *before* the app (an unparsable request → 400, a request line over the head limit
   → 414, headers over it → 431, unsupported transfer encodings → 501, a client too slow to send its
   request head → 408, too many connections → 503) by :class:`_Protocol`, a subclass of uvicorn's h11
   protocol, because uvicorn itself writes those as ``text/plain`` and offers no hook.
 
-Limits (all in :class:`Limits`): a Host allow-list (DNS rebinding: a page on ``evil.example`` resolving to
+Limits (all in :class:`clipvip.search.limits.Limits`): a Host allow-list (DNS rebinding: a page on ``evil.example`` resolving to
 127.0.0.1 must not read your API), keep-alive and request-head timeouts (idle sockets are closed), a cap on
 connections and on requests in flight (503 with ``Retry-After``), a URL limit, no request bodies (413), and
 a send timeout for a client that stops reading.
