@@ -242,3 +242,17 @@ def test_ivf_backend_finds_planted_windows_and_is_cached_per_generation(tmp_path
         assert (a[0].relpath, a[0].start) == (b[0].relpath, b[0].start)
         assert len({(h.relpath, h.start) for h in a} & {(h.relpath, h.start) for h in b}) >= 7
     assert len(list(d.glob("ivf-*.faiss"))) == 1
+
+
+def test_one_hit_per_video_when_one_long_video_fills_the_top_windows(tmp_path: Path):
+    """A 300-window video that matches the query better than anything else must not hide the others."""
+    rng = np.random.default_rng(4)
+    q = _unit(rng, 1, D)[0]
+    big = q + 0.05 * rng.standard_normal((300, D)).astype(np.float32)
+    videos = {b"big.mp4": (1500.0, big / np.linalg.norm(big, axis=1, keepdims=True))}
+    for i in range(6):
+        videos[f"s{i}.mp4".encode()] = (10.0, _unit(rng, 2, D))
+    eng = SearchEngine(_store(tmp_path, videos), _fake_pipeline())
+    got = eng.search_vectors(q[None], k=5)[0]
+    assert [(h.relpath, h.start) for h in got] == _reference(videos, q, 5, False)
+    assert len({h.video_id for h in got}) == 5 and got[0].relpath == b"big.mp4"

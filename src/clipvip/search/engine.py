@@ -293,6 +293,8 @@ class SearchEngine:
     def _prepare(self, snap: Any) -> None:
         """Per-snapshot search state: the score kernel, video arrays for filters, the IVF cache slot."""
         snap.kernel = ExactSearch(snap.vectors) if len(snap.vectors) else None
+        # window i lives in slot i (no dead slots, insertion order): scores need no gather
+        snap.identity = len(snap.slots) == len(snap.vectors) and bool((snap.slots == np.arange(len(snap.slots))).all())
         snap.video_paths = snap.videos.paths
         snap.durations = snap.videos.durations
         snap.ivf = None
@@ -390,49 +392,79 @@ class SearchEngine:
         n_q = q.shape[0]
         if snap.kernel is None or not len(snap.slots):
             return [[] for _ in range(n_q)]
-        with torch.inference_mode():
-            sc = self._window_scores(snap, q, k, all_windows, vmask)  # [Q, W] float32, -inf = excluded
-            wvid = torch.from_numpy(snap.video_index)
-            out = []
-            if all_windows:
-                kk = min(k, sc.shape[1])
-                vals, idx = torch.topk(sc, kk, dim=1)
-                for qi in range(n_q):
-                    hits = [(float(v), int(i)) for v, i in zip(vals[qi].tolist(), idx[qi].tolist()) if v != -math.inf]
-                    hits.sort(key=lambda t: (-t[0], t[1]))
-                    out.append([self._hit(snap, r + 1, s, w) for r, (s, w) in enumerate(hits)])
-                return out
-            n_v = len(snap.videos)
-            best = torch.full((n_q, n_v), -math.inf).scatter_reduce(1, wvid.expand(n_q, -1), sc, "amax")
-            kk = min(k, n_v)
-            vals, vidx = torch.topk(best, kk, dim=1)
-            sc_np = sc.numpy()
-            for qi in range(n_q):
-                hits = []
-                for v, vi in zip(vals[qi].tolist(), vidx[qi].tolist()):
-                    if v == -math.inf:
-                        continue
-                    a, b = int(snap.offsets[vi]), int(snap.offsets[vi + 1])
-                    w = a + int(sc_np[qi, a:b].argmax())  # the video's best window (first on ties)
-                    hits.append((float(sc_np[qi, w]), vi, w))
-                hits.sort(key=lambda t: (-t[0], t[1]))
-                out.append([self._hit(snap, r + 1, s, w) for r, (s, _, w) in enumerate(hits)])
-            return out
-
-    def _window_scores(self, snap: Any, q: np.ndarray, k: int, all_windows: bool, vmask: np.ndarray | None) -> torch.Tensor:
-        """Scores of every live window ``[Q, W]``; excluded ones (dead, filtered, not probed) are ``-inf``."""
         use_ivf = self.backend == "faiss" or (self.backend == "auto" and faiss_available()
                                               and len(snap.slots) >= FAISS_MIN_ROWS)
-        if use_ivf:
-            return self._ivf_scores(snap, q, k, vmask)
-        full = snap.kernel.scores(torch.from_numpy(q))  # [Q, slots]: one matmul over the mapped file
-        sc = full[:, torch.from_numpy(snap.slots)] if snap.dead else full  # dead slots never gathered
+        with torch.inference_mode():
+            cand = self._ivf_candidates(snap, q, k, vmask) if use_ivf else None
+            sc = None if use_ivf else self._window_scores(snap, q, vmask)
+            out = []
+            for qi in range(n_q):
+                if cand is not None:
+                    ranked = self._group(snap, cand[qi][0], cand[qi][1], k, all_windows)
+                    if len(ranked) < k and len(cand[qi][1]) < len(snap.slots):
+                        # IVF found too few (strict filters): rank this query exactly instead
+                        row = self._window_scores(snap, q[qi : qi + 1], vmask)[0]
+                        ranked = self._rank_row(snap, row, k, all_windows)
+                else:
+                    ranked = self._rank_row(snap, sc[qi], k, all_windows)
+                out.append([self._hit(snap, r + 1, s_, w) for r, (s_, w) in enumerate(ranked)])
+            return out
+
+    def _rank_row(self, snap: Any, row: torch.Tensor, k: int, all_windows: bool) -> list[tuple[float, int]]:
+        """Best ``k`` windows (or videos, each with its best window) of one query's ``[W]`` scores.
+
+        One hit per video: the top ``4k + 64`` windows are grouped by video; the first window of a video in
+        that list is its best window overall (any better one would rank higher). Only when they hold fewer
+        than ``k`` videos (a few long videos dominate) are all windows reduced per video.
+        """
+        n_w = row.shape[0]
+        kk = min(n_w, k if all_windows else 4 * k + 64)
+        vals, idx = torch.topk(row, kk)
+        ranked = self._group(snap, vals.numpy(), idx.numpy(), k, all_windows)
+        if all_windows or len(ranked) >= k or kk == n_w:
+            return ranked
+        best = torch.full((len(snap.videos),), -math.inf).scatter_reduce(0, torch.from_numpy(snap.video_index), row, "amax")
+        vv, vi = torch.topk(best, min(k, len(snap.videos)))
+        r = row.numpy()
+        out = []
+        for v, i in zip(vv.tolist(), vi.tolist()):
+            if v == -math.inf:
+                break
+            a, b = int(snap.offsets[i]), int(snap.offsets[i + 1])
+            w = a + int(r[a:b].argmax())
+            out.append((float(r[w]), w))
+        out.sort(key=lambda t: (-t[0], int(snap.video_index[t[1]])))
+        return out
+
+    @staticmethod
+    def _group(snap: Any, scores: np.ndarray, windows: np.ndarray, k: int, all_windows: bool) -> list[tuple[float, int]]:
+        """Candidates (best first, ``-inf``/negative positions = none) → up to ``k`` (score, window)."""
+        out: list[tuple[float, int]] = []
+        seen: set[int] = set()
+        for s_, w in zip(scores.tolist(), windows.tolist()):
+            if w < 0 or s_ == -math.inf:
+                continue
+            if not all_windows:
+                v = int(snap.video_index[w])
+                if v in seen:
+                    continue
+                seen.add(v)
+            out.append((float(s_), int(w)))
+            if len(out) == k:
+                break
+        out.sort(key=lambda t: (-t[0], int(snap.video_index[t[1]]), t[1]))
+        return out
+
+    def _window_scores(self, snap: Any, q: np.ndarray, vmask: np.ndarray | None) -> torch.Tensor:
+        """Exact scores of every live window ``[Q, W]`` (one matmul over the mapped file); filtered ones ``-inf``."""
+        full = snap.kernel.scores(torch.from_numpy(q))  # [Q, slots]
+        sc = full if snap.identity else full[:, torch.from_numpy(snap.slots)]  # dead slots never gathered
         if vmask is not None:
-            wmask = torch.from_numpy(vmask[snap.video_index])
-            sc = sc.masked_fill(~wmask, -math.inf)
+            sc = sc.masked_fill(~torch.from_numpy(vmask[snap.video_index]), -math.inf)
         return sc
 
-    def _ivf_scores(self, snap: Any, q: np.ndarray, k: int, vmask: np.ndarray | None) -> torch.Tensor:
+    def _ivf_candidates(self, snap: Any, q: np.ndarray, k: int, vmask: np.ndarray | None) -> list[tuple[np.ndarray, np.ndarray]]:
+        """Per query, IVF's best windows ``(scores, window positions)`` with filtered ones removed."""
         if snap.ivf is None:
             with self._lock:
                 if snap.ivf is None:
@@ -440,14 +472,13 @@ class SearchEngine:
         n_w = len(snap.slots)
         want = min(n_w, max(64, 16 * k) if vmask is None else max(256, 64 * k))
         scores, pos = snap.ivf.search(q, want)
-        sc = torch.full((q.shape[0], n_w), -math.inf)
-        valid = pos >= 0
+        out = []
         for qi in range(q.shape[0]):
-            p = pos[qi][valid[qi]]
-            sc[qi, torch.from_numpy(p)] = torch.from_numpy(scores[qi][valid[qi]])
-        if vmask is not None:
-            sc = sc.masked_fill(~torch.from_numpy(vmask[snap.video_index]), -math.inf)
-        return sc
+            keep = pos[qi] >= 0
+            if vmask is not None:
+                keep &= vmask[snap.video_index[np.maximum(pos[qi], 0)]]
+            out.append((scores[qi][keep], pos[qi][keep]))
+        return out
 
     def _hit(self, snap: Any, rank: int, score: float, w: int) -> Hit:
         from clipvip.search.store import escape_path
