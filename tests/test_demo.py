@@ -138,15 +138,16 @@ def test_saved_model_reloads_with_same_scores(demo_out: Path) -> None:
     import numpy as np
 
     from clipvip.pipeline import load
-    from clipvip.search.index import VideoIndex
+    from clipvip.search.store import read_snapshot
 
-    index = VideoIndex.open(demo_out / "index")
+    snap = read_snapshot(demo_out / "index")
     pipe = load(str(demo_out / "model"), device="cpu")
-    assert pipe.model_id == index.model_id
-    row = 0
-    res = pipe.encode_video_files([str(index.video_path(row))])
+    assert pipe.model_id == snap.model_id
+    video = snap.videos[0]
+    assert snap.offsets[1] - snap.offsets[0] == 1  # a short clip is one window over all of it
+    res = pipe.encode_video_files([str(snap.video_root / video.path.decode())])
     assert not res.failures
-    np.testing.assert_allclose(np.asarray(res.embeddings)[0], np.asarray(index.embeddings)[row], atol=1e-5)
+    np.testing.assert_allclose(np.asarray(res.embeddings)[0], np.asarray(snap.vectors[snap.slots[0]]), atol=1e-5)
 
 
 # ---------------------------------------------------------------------------------------------- fast unit tests

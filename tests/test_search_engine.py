@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from pathlib import Path
 
 import numpy as np
@@ -125,3 +127,132 @@ def test_read_only_memory_map_is_shared_without_warning_or_copy(tmp_path):
     scores, rows = engine.search(emb[10], 1)
     assert rows.tolist() == [[10]]
     assert np.array_equal(np.load(tmp_path / "emb.npy"), emb)  # the file is untouched
+
+
+# ---------------------------------------------------------------------- SearchEngine over a store
+from types import SimpleNamespace  # noqa: E402
+
+from clipvip.search.engine import Hit, SearchEngine, format_span  # noqa: E402
+from clipvip.search.store import IndexWriter  # noqa: E402
+
+D = 16
+
+
+def _store(tmp_path: Path, videos: dict[bytes, tuple[float, np.ndarray]]) -> Path:
+    d = tmp_path / "idx"
+    meta = {"model_id": "m1", "dim": D, "video_root": b"/videos", "dtype": "float32"}
+    with IndexWriter(d, meta) as w:
+        for path, (duration, vecs) in videos.items():
+            w.replace_videos([{"path": path, "size": 1, "mtime_ns": 1, "mode": 0, "duration": duration,
+                               "windows": [(5.0 * i, 5.0 * i + 10.0, f"t{len(path)}{i}.jpg") for i in range(len(vecs))],
+                               "vectors": vecs}])
+    return d
+
+
+def _fake_pipeline() -> SimpleNamespace:
+    return SimpleNamespace(model_id="m1", spec="fake")
+
+
+def _reference(videos: dict, q: np.ndarray, k: int, all_windows: bool, keep=lambda p, d: True) -> list[tuple]:
+    """Loop reference in float64: (path, start) of the best k windows, or of each video's best window."""
+    rows = []
+    for path in sorted(videos):
+        duration, vecs = videos[path]
+        if not keep(path, duration):
+            continue
+        scores = [sum(float(a) * float(b) for a, b in zip(v, q)) for v in vecs]
+        if all_windows:
+            rows += [(-s, path, 5.0 * i) for i, s in enumerate(scores)]
+        else:
+            i = int(np.argmax(scores))
+            rows.append((-scores[i], path, 5.0 * i))
+    rows.sort()
+    return [(p, s) for _, p, s in rows[:k]]
+
+
+def test_engine_ranks_videos_by_their_best_window_and_masks_dead_slots(tmp_path: Path):
+    rng = np.random.default_rng(1)
+    videos = {b"a.mp4": (30.0, _unit(rng, 4, D)), b"b.mp4": (5.0, _unit(rng, 1, D)),
+              b"sub/c.mp4": (60.0, _unit(rng, 6, D)), b"sub/d\xe9.mp4": (12.0, _unit(rng, 2, D))}
+    d = _store(tmp_path, videos)
+    # replace a (its old windows become dead slots, which must never be returned) and plant a query on them
+    stale = videos[b"a.mp4"][1]
+    videos[b"a.mp4"] = (30.0, _unit(rng, 3, D))
+    with IndexWriter(d, {"model_id": "m1", "dim": D, "video_root": b"/videos"}) as w:
+        w.replace_videos([{"path": b"a.mp4", "size": 2, "mtime_ns": 2, "mode": 0, "duration": 30.0,
+                           "windows": [(5.0 * i, 5.0 * i + 10.0, None) for i in range(3)], "vectors": videos[b"a.mp4"][1]}])
+    eng = SearchEngine(d, _fake_pipeline())
+    assert (len(eng), eng.num_windows, eng.snapshot.dead) == (4, 12, 4)
+    queries = np.concatenate([_unit(rng, 3, D), stale[:1]])
+    for all_windows in (False, True):
+        hits = eng.search_vectors(queries, k=20, all_windows=all_windows)
+        for q, h in zip(queries, hits):
+            assert [(x.relpath, x.start) for x in h] == _reference(videos, q, 20, all_windows)
+            assert [x.rank for x in h] == list(range(1, len(h) + 1))
+    # filters
+    for kw, keep in [({"under": "sub"}, lambda p, dur: p.startswith(b"sub/")),
+                     ({"under": "/videos/sub/"}, lambda p, dur: p.startswith(b"sub/")),
+                     ({"min_duration": 12}, lambda p, dur: dur >= 12),
+                     ({"min_duration": 6, "max_duration": 40}, lambda p, dur: 6 <= dur <= 40)]:
+        got = eng.search_vectors(queries[:1], k=10, **kw)[0]
+        assert [(x.relpath, x.start) for x in got] == _reference(videos, queries[0], 10, False, keep), kw
+    for bad in ({"under": "../etc"}, {"under": "/etc"}, {"min_duration": -1}, {"min_duration": 5, "max_duration": 1}):
+        with pytest.raises(ValueError):
+            eng.search_vectors(queries[:1], k=3, **bad)
+    with pytest.raises(ValueError, match="k must be"):
+        eng.search_vectors(queries[:1], k=0)
+
+
+def test_hits_files_and_refresh(tmp_path: Path):
+    rng = np.random.default_rng(2)
+    videos = {b"x\ny.mp4": (20.0, _unit(rng, 3, D))}
+    d = _store(tmp_path, videos)
+    eng = SearchEngine(d, _fake_pipeline())
+    hit = eng.search_vectors(videos[b"x\ny.mp4"][1][2:3], k=1, all_windows=True)[0][0]
+    assert isinstance(hit, Hit) and hit.path == "x\\ny.mp4" and hit.relpath == b"x\ny.mp4"
+    assert (hit.start, hit.end) == (10.0, 20.0) and hit.score == pytest.approx(1.0, abs=1e-5)
+    as_json = json.dumps(hit.to_dict(), allow_nan=False)
+    assert json.loads(as_json)["span"] == "00:00:10\u201300:00:20"
+    vf = eng.video_file(hit.video_id)
+    assert vf.path == Path("/videos/x\ny.mp4") and vf.root == Path("/videos") and (vf.size, vf.mtime_ns) == (1, 1)
+    assert eng.thumb_file(hit.window_id) == d / "thumbs" / "t72.jpg"  # name planted by _store: t{len(path)}{window}
+    with pytest.raises(KeyError):
+        eng.video_file(999)
+    assert not eng.refresh()
+    with IndexWriter(d, {"model_id": "m1", "dim": D, "video_root": b"/videos"}) as w:
+        w.delete_videos([b"x\ny.mp4"])
+    assert eng.refresh() and len(eng) == 0
+    assert eng.search_vectors(videos[b"x\ny.mp4"][1][:1], k=3) == [[]]
+    assert format_span(2465.2, 2475.0) == "00:41:05\u201300:41:15"
+
+
+@pytest.mark.skipif(not faiss_available(), reason="faiss-cpu not installed")
+def test_ivf_backend_finds_planted_windows_and_is_cached_per_generation(tmp_path: Path):
+    rng = np.random.default_rng(3)
+    centers = _unit(rng, 20, D)
+    videos = {}
+    for v in range(200):
+        x = centers[rng.integers(0, 20, 5)] + 0.15 * rng.standard_normal((5, D)).astype(np.float32)
+        videos[f"v{v:03d}.mp4".encode()] = (25.0, x / np.linalg.norm(x, axis=1, keepdims=True))
+    d = _store(tmp_path, videos)
+    exact = SearchEngine(d, _fake_pipeline(), backend="exact")
+    ivf = SearchEngine(d, _fake_pipeline(), backend="faiss")
+    q = np.stack([videos[b"v007.mp4"][1][2], videos[b"v150.mp4"][1][4]])
+    for a, b in zip(exact.search_vectors(q, 10, all_windows=True), ivf.search_vectors(q, 10, all_windows=True)):
+        assert (a[0].relpath, a[0].start) == (b[0].relpath, b[0].start)
+        assert len({(h.relpath, h.start) for h in a} & {(h.relpath, h.start) for h in b}) >= 7
+    assert len(list(d.glob("ivf-*.faiss"))) == 1
+
+
+def test_one_hit_per_video_when_one_long_video_fills_the_top_windows(tmp_path: Path):
+    """A 300-window video that matches the query better than anything else must not hide the others."""
+    rng = np.random.default_rng(4)
+    q = _unit(rng, 1, D)[0]
+    big = q + 0.05 * rng.standard_normal((300, D)).astype(np.float32)
+    videos = {b"big.mp4": (1500.0, big / np.linalg.norm(big, axis=1, keepdims=True))}
+    for i in range(6):
+        videos[f"s{i}.mp4".encode()] = (10.0, _unit(rng, 2, D))
+    eng = SearchEngine(_store(tmp_path, videos), _fake_pipeline())
+    got = eng.search_vectors(q[None], k=5)[0]
+    assert [(h.relpath, h.start) for h in got] == _reference(videos, q, 5, False)
+    assert len({h.video_id for h in got}) == 5 and got[0].relpath == b"big.mp4"

@@ -91,14 +91,15 @@ class VideoTextPipeline:
         """Size of the joint embedding space."""
         return int(self.model.config.projection_dim)
 
-    def decode(self, path: str | Path) -> torch.Tensor:
-        """Uniformly sampled uint8 frames ``[T, H, W, 3]``; raises ``VideoDecodeError`` naming the file."""
+    def decode(self, path: str | Path, start: float | None = None, end: float | None = None) -> torch.Tensor:
+        """Uniformly sampled uint8 frames ``[T, H, W, 3]`` (of the ``[start, end]`` seconds window when given,
+        fetched by seeking); raises ``VideoDecodeError`` naming the file."""
         from clipvip.data import VideoDecodeError
         from clipvip.data.video import load_frames
 
         path = Path(path)
         try:
-            frames = load_frames(str(path), num_frames=self.num_frames, sampling="uniform")
+            frames = load_frames(str(path), num_frames=self.num_frames, sampling="uniform", start=start, end=end)
         except VideoDecodeError:
             raise
         except Exception as exc:  # noqa: BLE001 - any decoder failure is a property of the file
@@ -112,11 +113,23 @@ class VideoTextPipeline:
         """Embed already-decoded clips (each uint8 ``[T, H, W, 3]``) in one batch → ``[B, D]`` float32 CPU."""
         if not clips:
             return torch.zeros(0, self.dim)
-        pixels = torch.stack([self.transform(c) for c in clips]).to(self.device)
+        return self.encode_pixels(torch.stack([self.transform(c) for c in clips]))
+
+    def encode_pixels(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Embed already-transformed clips ``[B, T, 3, S, S]`` → ``[B, D]`` float32 CPU (the indexer
+        transforms in its decode threads, so the model thread only stacks and encodes)."""
         with self._lock, torch.inference_mode():
             self.model.eval()
-            out = self.model.encode_video(pixels, normalize=True)
-        return out.float().cpu()
+            out = self.model.encode_video(pixels.to(self.device), normalize=True)
+        return self._finite(out.float().cpu(), "video")
+
+    def _finite(self, out: torch.Tensor, what: str) -> torch.Tensor:
+        """Refuse NaN/inf embeddings: they would rank arbitrarily and break JSON (``"score": NaN``)."""
+        if not torch.isfinite(out).all():
+            bad = int((~torch.isfinite(out).all(dim=1)).sum())
+            raise ValueError(f"model {self.spec} (id {self.model_id}) produced non-finite {what} embeddings for "
+                             f"{bad} of {len(out)} inputs: its weights are damaged (NaN/inf); nothing was stored")
+        return out
 
     def encode_video_files(
         self, paths: Iterable[str | Path], batch_size: int = 8, progress: bool = False
@@ -185,7 +198,7 @@ class VideoTextPipeline:
             mask = batch["attention_mask"].to(self.device)
             with self._lock, torch.inference_mode():
                 self.model.eval()
-                outs.append(self.model.encode_text(ids, mask, normalize=True).float().cpu())
+                outs.append(self._finite(self.model.encode_text(ids, mask, normalize=True).float().cpu(), "text"))
         return torch.cat(outs) if outs else torch.zeros(0, self.dim)
 
     def __repr__(self) -> str:

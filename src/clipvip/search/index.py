@@ -1,73 +1,61 @@
-"""The search index on disk: build, update incrementally, load.
+"""Build and update the search index of a video folder: moments (windows), crash-safe, incremental.
 
-Layout of an index directory::
+Every video is cut into overlapping windows (``window`` seconds every ``stride`` seconds; a video no
+longer than one window is one window covering all of it; the last window is aligned to the end so the
+tail is covered). Each window is ``num_frames`` frames sampled uniformly inside it and fetched by seeking
+(``clipvip.data.video``), so a one-hour recording costs its windows' frames, not a full decode.
 
-    index.json                model spec, model id, dim, video root (written once; --rebuild rewrites it)
-    manifest.json             the commit point: generation, embeddings file, entries, known failures
-    embeddings-<gen>.npy      float32 [N, D]; row i belongs to manifest entry i (entries sorted by path)
-    thumbs/<hash>.jpg         middle sampled frame, longer side 160 px
-    report.json               what the last run did: counts and failures with reasons
-
-Crash safety: after every encoded batch the builder writes a *new* ``embeddings-<gen+1>.npy`` and then
-atomically replaces ``manifest.json`` pointing at it; only then are older generations deleted. A reader
-always follows ``manifest.json``, so a kill at any instant leaves a consistent index and loses at most the
-batch in flight. Entries are kept sorted by path, so an interrupted-then-resumed build ends byte-for-byte
-in the same order as an uninterrupted one.
-
-Incremental: a file is re-encoded when its size or mtime (ns) changed; files that vanished are dropped;
-files that failed before and did not change are not retried (they stay listed as failures).
+The work is split so the model never waits for the decoder: ``workers`` threads open each video, decode
+*and* transform its windows (resize, normalise) and hand ready ``[n, T, 3, S, S]`` tensors over a bounded
+queue; the calling thread only stacks and encodes. A video is committed when all its windows are
+encoded, in one transaction with the rest of the batch (``clipvip.search.store``): a re-encoded video's
+old windows disappear exactly when its new ones appear, and a kill at any instant loses at most the
+batch in flight. A re-run encodes only new and changed files (size or mtime changed; failures also when
+their permission bits changed), drops vanished ones and compacts the vector file when dead slots pile up.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
-import json
 import logging
 import os
+import queue
+import stat as stat_mod
+import threading
 import time
-from collections import deque
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from clipvip.atomic import atomic_save_npy, atomic_write_bytes, atomic_write_json
+from clipvip.atomic import atomic_write_bytes, atomic_write_json
+from clipvip.search.store import (
+    DB_NAME,
+    FailureRow,
+    IndexFormatError,
+    IndexLockedError,
+    IndexWriter,
+    ModelMismatchError,
+    escape_path,
+)
+
+__all__ = ["build_index", "IndexStats", "plan_windows", "scan_videos", "IndexFormatError", "ModelMismatchError",
+           "IndexLockedError", "VIDEO_EXTENSIONS", "DEFAULT_WINDOW", "DEFAULT_STRIDE"]
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
 VIDEO_EXTENSIONS = frozenset({
     ".mp4", ".m4v", ".mov", ".mkv", ".webm", ".avi", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts",
     ".ogv", ".gif",
 })
-
-
-class IndexFormatError(ValueError):
-    """An index directory that cannot be used as asked (wrong model, wrong folder, damaged files)."""
-
-
-class ModelMismatchError(IndexFormatError):
-    """The index holds embeddings of another model; mixing them would make scores meaningless."""
-
-
-@dataclass
-class Entry:
-    """One indexed video. ``row`` is its row in the embeddings array."""
-
-    path: str  # relative to the video root, POSIX separators
-    size: int
-    mtime_ns: int
-    duration: float | None
-    model_id: str
-    row: int
-    thumb: str | None  # file name under thumbs/
-
-    @property
-    def mtime(self) -> float:
-        return self.mtime_ns / 1e9
+_EXT_BYTES = frozenset(e.encode() for e in VIDEO_EXTENSIONS)
+DEFAULT_WINDOW = 10.0
+DEFAULT_STRIDE = 5.0
 
 
 @dataclass
@@ -79,158 +67,248 @@ class IndexStats:
     changed: int = 0
     unchanged: int = 0
     deleted: int = 0
-    encoded: int = 0
+    encoded: int = 0  # videos
+    windows: int = 0  # windows encoded by this run
     commits: int = 0
-    total: int = 0
-    failures: list[dict[str, Any]] = field(default_factory=list)
-    encoded_paths: list[str] = field(default_factory=list)
+    compactions: int = 0
+    total: int = 0  # videos in the index at the end
+    total_windows: int = 0
+    failures: list[dict[str, Any]] = field(default_factory=list)  # {path (escaped), reason}
+    encoded_paths: list[str] = field(default_factory=list)  # escaped
     seconds: float = 0.0
+    model_seconds: float = 0.0  # time the model thread spent in the model
 
     @property
     def failed(self) -> int:
         return len(self.failures)
 
 
-# ---------------------------------------------------------------------- reading
-class VideoIndex:
-    """A loaded index: metadata, entries (sorted by path) and the ``[N, D]`` embeddings (memory-mapped)."""
+# ---------------------------------------------------------------------- windows
+def plan_windows(duration: float, window: float = DEFAULT_WINDOW, stride: float = DEFAULT_STRIDE) -> list[tuple[float, float]]:
+    """``[(start, end)]`` seconds: ``window``-long spans every ``stride`` s, the last one ending at the end.
 
-    def __init__(self, root: Path, meta: dict[str, Any], manifest: dict[str, Any], embeddings: np.ndarray):
-        self.root = root
-        self.meta = meta
-        self.manifest = manifest
-        self.embeddings = embeddings
-        self.entries = [Entry(**e) for e in manifest.get("entries", [])]
-        self.failures: list[dict[str, Any]] = list(manifest.get("failures", []))
-
-    @classmethod
-    def open(cls, index_dir: str | Path) -> "VideoIndex":
-        """Load an index; raises ``IndexFormatError`` naming the file and the problem."""
-        root = Path(index_dir)
-        meta_path = root / "index.json"
-        if not meta_path.is_file():
-            raise IndexFormatError(f"{root}: not a clipvip index (no index.json); build one with `clipvip index`")
-        meta = _read(meta_path)
-        if not isinstance(meta, dict) or meta.get("format") != FORMAT:
-            raise IndexFormatError(f"{meta_path}: unsupported index format {meta.get('format') if isinstance(meta, dict) else meta!r}")
-        missing = [k for k in ("dim", "model_id", "video_root") if k not in meta]
-        if missing:
-            raise IndexFormatError(f"{meta_path}: missing {', '.join(missing)}")
-        dim = int(meta["dim"])
-        manifest_path = root / "manifest.json"
-        if not manifest_path.is_file():  # killed before the first commit: a valid, empty index
-            return cls(root, meta, {"generation": 0, "entries": [], "failures": []},
-                       np.zeros((0, dim), np.float32))
-        manifest = _read(manifest_path)
-        if not isinstance(manifest, dict) or not isinstance(manifest.get("embeddings"), str) \
-                or not isinstance(manifest.get("entries"), list):
-            raise IndexFormatError(f"{manifest_path}: not a clipvip manifest (no embeddings file or entries)")
-        emb_path = root / manifest["embeddings"]
-        try:
-            emb = np.load(emb_path, mmap_mode="r", allow_pickle=False)
-        except (OSError, ValueError) as exc:
-            raise IndexFormatError(f"{emb_path}: cannot read embeddings ({exc})") from exc
-        n = len(manifest["entries"])
-        if emb.ndim != 2 or emb.shape != (n, dim):
-            raise IndexFormatError(f"{emb_path}: shape {emb.shape} does not match {n} entries of dim {dim}")
-        try:
-            return cls(root, meta, manifest, emb)
-        except TypeError as exc:
-            raise IndexFormatError(f"{manifest_path}: malformed entry ({exc})") from exc
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    @property
-    def model_id(self) -> str:
-        return str(self.meta["model_id"])
-
-    @property
-    def video_root(self) -> Path:
-        return Path(self.meta["video_root"])
-
-    def video_path(self, row: int) -> Path:
-        """Absolute path of the video in ``row`` (raises ``IndexError`` for a row that does not exist)."""
-        if not 0 <= row < len(self.entries):
-            raise IndexError(f"no row {row} in an index of {len(self.entries)} videos")
-        return self.video_root / self.entries[row].path
-
-    def thumb_path(self, row: int) -> Path | None:
-        if not 0 <= row < len(self.entries):
-            raise IndexError(f"no row {row} in an index of {len(self.entries)} videos")
-        thumb = self.entries[row].thumb
-        return self.root / "thumbs" / thumb if thumb else None
+    A video no longer than one window (or of unknown/zero duration) is a single window over all of it.
+    """
+    if window <= 0 or stride <= 0:
+        raise ValueError(f"window and stride must be positive, got {window}, {stride}")
+    d = float(duration) if duration and np.isfinite(duration) and duration > 0 else 0.0
+    if d <= window + 1e-6:
+        return [(0.0, round(d, 3))]
+    spans = []
+    start = 0.0
+    while start + window < d - 1e-6:
+        spans.append((round(start, 3), round(start + window, 3)))
+        start += stride
+    last = round(d - window, 3)
+    if not spans or spans[-1][0] < last - 1e-6:
+        spans.append((last, round(d, 3)))
+    return spans
 
 
 # ---------------------------------------------------------------------- scanning
-def scan_videos(video_dir: str | Path) -> dict[str, os.stat_result]:
-    """Video files under ``video_dir`` (recursive, by extension, hidden files skipped) → ``{relpath: stat}``."""
-    root = Path(video_dir)
-    if not root.is_dir():
-        raise IndexFormatError(f"{root}: not a directory")
-    found: dict[str, os.stat_result] = {}
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+def scan_videos(video_dir: str | Path) -> tuple[dict[bytes, os.stat_result], list[tuple[bytes, str]]]:
+    """Video files under ``video_dir`` → ``({relpath bytes: stat}, [(relpath bytes, reason)])``.
+
+    Recursive, by extension, hidden files and folders skipped, symlinked folders not followed. Names are
+    handled as raw bytes, so any name the OS allows works. Entries that cannot be used (dangling
+    symlinks, symlink loops, unreadable folders, non-regular files) are returned with a reason.
+    """
+    root = os.fsencode(os.path.abspath(video_dir))
+    if not os.path.isdir(root):
+        raise IndexFormatError(f"{os.fsdecode(root)}: not a directory")
+    found: dict[bytes, os.stat_result] = {}
+    problems: list[tuple[bytes, str]] = []
+
+    def rel(p: bytes) -> bytes:
+        return os.path.relpath(p, root)
+
+    def onerror(exc: OSError) -> None:
+        problems.append((rel(os.fsencode(exc.filename)), f"cannot list folder: {exc.strerror or exc}"))
+
+    for dirpath, dirnames, filenames in os.walk(root, onerror=onerror, followlinks=False):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith(b"."))
         for name in sorted(filenames):
-            if name.startswith(".") or Path(name).suffix.lower() not in VIDEO_EXTENSIONS:
+            if name.startswith(b".") or os.path.splitext(name)[1].lower() not in _EXT_BYTES:
                 continue
-            full = Path(dirpath) / name
+            full = os.path.join(dirpath, name)
+            r = rel(full)
             try:
-                st = full.stat()
+                st = os.stat(full)
             except OSError as exc:
-                log.warning("cannot stat %s: %s", full, exc)
+                if exc.errno == errno.ELOOP:
+                    reason = "symlink loop (the link resolves to itself)"
+                elif exc.errno == errno.ENOENT and os.path.islink(full):
+                    reason = f"dangling symlink (points to {escape_path(os.readlink(full))}, which does not exist)"
+                else:
+                    reason = f"cannot stat: {exc.strerror or exc}"
+                problems.append((r, reason))
                 continue
-            if not full.is_file():
+            if not stat_mod.S_ISREG(st.st_mode):
+                problems.append((r, "not a regular file"))
                 continue
-            found[full.relative_to(root).as_posix()] = st
-    return found
+            found[r] = st
+    return found, problems
 
 
-def thumb_name(relpath: str) -> str:
-    """Thumbnail file name: a hash of the relative path, stable across compaction and re-runs."""
-    return hashlib.sha1(relpath.encode("utf-8")).hexdigest()[:16] + ".jpg"
+def thumb_name(relpath: bytes, st: os.stat_result, start: float) -> str:
+    """Thumbnail file of one window: a hash of the file's identity and the window start."""
+    key = b"%s\0%d\0%d\0%.3f" % (relpath, st.st_size, st.st_mtime_ns, start)
+    return hashlib.sha1(key).hexdigest()[:20] + ".jpg"
+
+
+# ---------------------------------------------------------------------- decoding (worker threads)
+def _open_reader(full: bytes) -> Any:
+    """A video reader for a path given as bytes (PyAV wants UTF-8 names: others go through a file object)."""
+    from clipvip.data import VideoDecodeError
+    from clipvip.data.video import open_video
+
+    try:
+        name = full.decode("utf-8")
+    except UnicodeDecodeError:
+        name = None
+    if name is not None:
+        return open_video(name)
+    try:
+        if os.path.getsize(full) == 0:
+            raise VideoDecodeError(escape_path(full), "empty file (0 bytes)")
+        fh = open(full, "rb")
+    except OSError as exc:
+        raise VideoDecodeError(escape_path(full), f"cannot open: {exc.strerror or exc}") from exc
+    try:
+        reader = open_video(fh)
+    except BaseException:
+        fh.close()
+        raise
+    reader._clipvip_fh = fh  # closed with the reader (see _close)
+    return reader
+
+
+def _close(reader: Any) -> None:
+    try:
+        reader.close()
+    finally:
+        fh = getattr(reader, "_clipvip_fh", None)
+        if fh is not None:
+            fh.close()
+
+
+@dataclass
+class _Chunk:
+    rel: bytes
+    spans: list[tuple[float, float]]
+    pixels: torch.Tensor  # [n, T, 3, S, S]
+    jpegs: list[bytes | None]
+    first: int  # index of spans[0] among the video's windows
+    total: int  # windows of the video
+    duration: float | None
+
+
+@dataclass
+class _Failed:
+    rel: bytes
+    reason: str
+
+
+def decode_windows(full: bytes, rel: bytes, num_frames: int, transform: Callable, window: float, stride: float,
+                   chunk: int) -> Iterator[_Chunk]:
+    """Open a video once, then decode + transform its windows ``chunk`` at a time (runs in a worker)."""
+    from clipvip.data import VideoDecodeError
+    from clipvip.data.video import sample_indices, window_range
+    from clipvip.search.thumbs import thumbnail_jpeg
+
+    reader = _open_reader(full)
+    try:
+        times = reader.frame_times()
+        info = reader.info()
+        duration = float(info.duration) if info.duration and np.isfinite(info.duration) else None
+        spans = plan_windows(duration or 0.0, window, stride)
+        for first in range(0, len(spans), chunk):
+            part = spans[first : first + chunk]
+            pixels, jpegs = [], []
+            for j, (s, e) in enumerate(part):
+                last = first + j == len(spans) - 1
+                # windows are half-open [s, e) (a frame at e belongs to the next one), the last one closed
+                lo, hi = (0, len(times)) if len(spans) == 1 else window_range(times, s, e if last else e - 1e-3)
+                idx = [int(i) for i in sample_indices(hi - lo, num_frames, "uniform") + lo]
+                frames = reader.get_frames(idx)
+                if frames.ndim != 4 or frames.shape[-1] != 3 or 0 in frames.shape:
+                    raise VideoDecodeError(escape_path(rel), f"decoder returned frames of shape {frames.shape}")
+                try:
+                    jpegs.append(thumbnail_jpeg(frames[len(frames) // 2]))
+                except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not lose the embedding
+                    log.warning("no thumbnail for %s: %s", escape_path(rel), exc)
+                    jpegs.append(None)
+                # transform right away: only the model-sized frames are kept, the full-size ones are freed
+                pixels.append(transform(torch.from_numpy(np.ascontiguousarray(frames))))
+                del frames
+            yield _Chunk(rel, part, torch.stack(pixels), jpegs, first, len(spans),
+                         None if duration is None else round(duration, 3))
+    finally:
+        _close(reader)
+
+
+def _reason(exc: BaseException) -> str:
+    return str(getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}")
+
+
+class _Producer:
+    """``workers`` threads decoding videos into a bounded queue; the consumer iterates :meth:`items`."""
+
+    def __init__(self, todo: list[bytes], root: bytes, pipeline: Any, window: float, stride: float, chunk: int,
+                 workers: int):
+        self.q: queue.Queue = queue.Queue(maxsize=max(2, 2 * workers))
+        self.stop = threading.Event()
+        self.todo = todo
+        self.pool = ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="decode")
+        args = (pipeline.num_frames, pipeline.transform, window, stride, chunk)
+        self.futures = [self.pool.submit(self._work, os.path.join(root, rel), rel, args) for rel in todo]
+
+    def _put(self, item: Any) -> bool:
+        while not self.stop.is_set():
+            try:
+                self.q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def _work(self, full: bytes, rel: bytes, args: tuple) -> None:
+        if self.stop.is_set():
+            return
+        try:
+            for ch in decode_windows(full, rel, *args):
+                if not self._put(ch):
+                    return
+        except Exception as exc:  # noqa: BLE001 - any failure is a property of this file; keep going
+            self._put(_Failed(rel, _reason(exc)))
+            return
+        self._put(("done", rel))
+
+    def items(self) -> Iterator[Any]:
+        finished = 0
+        while finished < len(self.todo):
+            item = self.q.get()
+            if isinstance(item, _Failed) or (isinstance(item, tuple) and item[0] == "done"):
+                finished += 1
+            yield item
+
+    def close(self) -> None:
+        self.stop.set()
+        self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 # ---------------------------------------------------------------------- building
-class _Writer:
-    """Holds the live state of an index being built and commits it atomically."""
-
-    def __init__(self, root: Path, dim: int, entries: dict[str, dict], vectors: dict[str, np.ndarray],
-                 failures: dict[str, dict], generation: int):
-        self.root = root
-        self.dim = dim
-        self.entries = entries  # relpath -> entry dict (row filled at commit)
-        self.vectors = vectors  # relpath -> [D] float32
-        self.failures = failures  # relpath -> {path, size, mtime_ns, reason}
-        self.generation = generation
-        self.commits = 0
-
-    def commit(self) -> None:
-        paths = sorted(self.entries)
-        emb = np.zeros((len(paths), self.dim), np.float32)
-        for i, p in enumerate(paths):
-            emb[i] = self.vectors[p]
-            self.entries[p]["row"] = i
-        gen = self.generation + 1
-        name = f"embeddings-{gen:06d}.npy"
-        atomic_save_npy(self.root / name, emb)
-        manifest = {
-            "format": FORMAT,
-            "generation": gen,
-            "embeddings": name,
-            "count": len(paths),
-            "entries": [self.entries[p] for p in paths],
-            "failures": [self.failures[p] for p in sorted(self.failures)],
-        }
-        atomic_write_json(self.root / "manifest.json", manifest)  # the commit point
-        self.generation = gen
-        self.commits += 1
-        for old in self.root.glob("embeddings-*.npy"):
-            if old.name != name:
-                try:
-                    old.unlink()
-                except OSError:
-                    pass
+def default_threads(workers: int | None = None, threads: int | None = None) -> tuple[int, int]:
+    """``(decode workers, torch threads)`` that together do not exceed the cores this process may use."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    if workers is None:
+        workers = max(1, cores // 4) if threads is None else max(1, cores - threads)
+    if threads is None:
+        threads = max(1, cores - workers)
+    return int(workers), int(threads)
 
 
 def build_index(
@@ -242,238 +320,210 @@ def build_index(
     rebuild: bool = False,
     progress: bool = True,
     echo: Callable[[str], None] | None = None,
-    workers: int = 2,
+    workers: int | None = None,
+    window: float = DEFAULT_WINDOW,
+    stride: float = DEFAULT_STRIDE,
+    vector_dtype: str = "float32",
+    encoder: Callable[..., None] | None = None,
 ) -> IndexStats:
     """Create or update the index of ``video_dir`` in ``index_dir`` with ``pipeline`` (see module doc).
 
-    Raises ``ModelMismatchError`` when the index was built with another model (unless ``rebuild``), and
-    ``IndexFormatError`` when it indexes another folder. Unreadable videos never stop the run: they are listed
-    in ``stats.failures`` and ``report.json``, and announced through ``echo``. ``workers`` threads decode
-    ahead of the encoder (1 = decode inline).
+    ``batch_size`` windows go through the model together; finished videos are committed after every
+    batch. Raises ``ModelMismatchError`` for an index of another model, ``IndexFormatError`` for one of
+    another folder, other window settings or an old format (unless ``rebuild``), ``IndexLockedError``
+    when another writer holds the index. Unreadable videos never stop the run: they are listed in
+    ``stats.failures`` and ``report.json`` and announced through ``echo``. ``encoder`` replaces the
+    in-process encoding loop (``clipvip.search.distributed`` spreads it over ranks); it receives the same
+    arguments as ``_encode_all`` and commits through the writer it is given.
     """
     t0 = time.perf_counter()
     echo = echo or (lambda msg: log.warning("%s", msg))
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    video_root = Path(video_dir).resolve()
+    if not (window > 0 and stride > 0):
+        raise ValueError(f"window and stride must be positive, got {window}, {stride}")
+    if workers is None:
+        workers = default_threads()[0]
+    video_root = os.path.abspath(os.fsencode(video_dir))
+    if not os.path.isdir(video_root):
+        raise IndexFormatError(f"{escape_path(video_root)}: not a directory")
     root = Path(index_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    (root / "thumbs").mkdir(exist_ok=True)
     meta = {
-        "format": FORMAT,
         "model_spec": pipeline.spec,
         "tokenizer_spec": getattr(pipeline, "tokenizer_spec", None),
         "model_id": pipeline.model_id,
         "dim": int(pipeline.dim),
         "num_frames": int(pipeline.num_frames),
         "image_size": int(pipeline.image_size),
-        "video_root": str(video_root),
-        "dtype": "float32",
+        "video_root": video_root,
+        "dtype": vector_dtype,
+        "window": float(window),
+        "stride": float(stride),
     }
-    entries: dict[str, dict] = {}
-    vectors: dict[str, np.ndarray] = {}
-    failures: dict[str, dict] = {}
-    generation = 0
-    if (root / "index.json").is_file() and not rebuild:
-        old = VideoIndex.open(root)
-        if old.model_id != pipeline.model_id:
-            raise ModelMismatchError(
-                f"{root} holds embeddings of model {old.meta.get('model_spec')!r} (id {old.model_id}); the "
-                f"model given ({pipeline.spec!r}) has id {pipeline.model_id}. Mixing them would make scores "
-                f"meaningless: pass --rebuild to re-encode everything with the new model, or use another --index"
-            )
-        if Path(old.meta["video_root"]) != video_root:
-            raise IndexFormatError(
-                f"{root} indexes {old.meta['video_root']}, not {video_root}; use another --index for another "
-                f"folder, or --rebuild to replace it"
-            )
-        generation = int(old.manifest.get("generation", 0))
-        emb = np.asarray(old.embeddings, dtype=np.float32)
-        for i, e in enumerate(old.entries):
-            entries[e.path] = asdict(e)
-            vectors[e.path] = emb[i].copy()
-        failures = {f["path"]: dict(f) for f in old.failures}
-        meta["tokenizer_spec"] = meta["tokenizer_spec"] or old.meta.get("tokenizer_spec")
-    elif rebuild and (root / "manifest.json").is_file():
-        try:
-            generation = int(read_json(root / "manifest.json").get("generation", 0))
-        except (ValueError, OSError, AttributeError):
-            generation = 0
-        # No manifest means an empty index: dropping it first keeps the directory consistent if we are
-        # killed before the new model's first commit (old vectors never sit under the new index.json).
-        _unlink(root / "manifest.json")
-    atomic_write_json(root / "index.json", meta)
+    stats = IndexStats()
+    with IndexWriter(root, meta, rebuild=rebuild, must_match=("window", "stride")) as writer:
+        (root / "thumbs").mkdir(exist_ok=True)
+        found, problems = scan_videos(video_root)
+        stats.found = len(found) + len(problems)
+        known = writer.videos()
+        failed = writer.failures()
+        todo: list[bytes] = []
+        for rel, st in found.items():
+            k, f = known.get(rel), failed.get(rel)
+            if k and k.size == st.st_size and k.mtime_ns == st.st_mtime_ns:
+                stats.unchanged += 1
+            elif f and (f.size, f.mtime_ns, f.mode) == (st.st_size, st.st_mtime_ns, st.st_mode):
+                stats.unchanged += 1  # known bad and untouched (content and permissions): not retried
+            else:
+                if k or f:
+                    stats.changed += 1
+                else:
+                    stats.new += 1
+                todo.append(rel)
+        gone = [p for p in known if p not in found]
+        gone += [p for p in failed if p not in found and p not in known]
+        stats.deleted = sum(1 for p in known if p not in found)
+        if gone:
+            writer.delete_videos(gone)
+            stats.commits += 1
+        stats.compactions += int(writer.compact())
 
-    found = scan_videos(video_root)
-    stats = IndexStats(found=len(found))
-    todo: list[str] = []
-    for rel, st in found.items():
-        known = entries.get(rel)
-        failed = failures.get(rel)
-        if known and known["size"] == st.st_size and known["mtime_ns"] == st.st_mtime_ns:
-            stats.unchanged += 1
-        elif failed and failed["size"] == st.st_size and failed["mtime_ns"] == st.st_mtime_ns:
-            stats.unchanged += 1  # known bad and untouched: not retried, still reported
-        else:
-            stats.changed += 1 if (known or failed) else 0
-            stats.new += 0 if (known or failed) else 1
-            todo.append(rel)
-    gone = [p for p in entries if p not in found]
-    gone_failed = [p for p in failures if p not in found]
-    stats.deleted = len(gone)
-    writer = _Writer(root, meta["dim"], entries, vectors, failures, generation)
-    for rel in gone:
-        del entries[rel]
-        del vectors[rel]
-    for rel in gone_failed:
-        del failures[rel]
-    if gone or gone_failed or not (root / "manifest.json").is_file() or rebuild:
-        writer.commit()
-        for rel in gone:
-            _unlink(root / "thumbs" / thumb_name(rel))
-
-    bar = _bar(len(todo), progress)
-    pending: list[tuple[str, os.stat_result, Any, float | None, bytes | None]] = []
-    dirty = False  # failures recorded since the last commit
-
-    def flush() -> None:
-        nonlocal dirty
-        if not pending:
-            return
-        vecs = pipeline.encode_frames([clip for _, _, clip, _, _ in pending]).numpy().astype(np.float32)
-        for (rel, st, _clip, duration, jpeg), vec in zip(pending, vecs):
-            thumb = thumb_name(rel) if jpeg else None
-            if jpeg:
-                atomic_write_bytes(root / "thumbs" / thumb, jpeg)
-            entries[rel] = {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns,
-                            "duration": duration, "model_id": pipeline.model_id, "row": -1, "thumb": thumb}
-            vectors[rel] = vec
-            failures.pop(rel, None)
-            stats.encoded += 1
-            stats.encoded_paths.append(rel)
-        writer.commit()
-        dirty = False
-        bar.update(len(pending))
-        pending.clear()
-
-    for rel, clip, duration, jpeg, reason in _prefetch(todo, video_root, pipeline, workers):
-        st = found[rel]
-        if reason is not None:
-            if rel in entries:  # it was good, it changed, and now it is bad: drop the stale vector
-                del entries[rel]
-                del vectors[rel]
-            failures[rel] = {"path": rel, "size": st.st_size, "mtime_ns": st.st_mtime_ns, "reason": reason}
-            echo(f"cannot index {video_root / rel}: {reason}")
-            dirty = True
-            bar.update(1)
-            continue
-        pending.append((rel, st, clip, duration, jpeg))
-        if len(pending) >= batch_size:
-            flush()
-    flush()
-    if dirty:  # failures after the last batch: record them so the next run does not retry them
-        writer.commit()
-    bar.close()
-
-    stats.commits = writer.commits
-    stats.total = len(entries)
-    stats.failures = [failures[p] for p in sorted(failures)]
+        (encoder or _encode_all)(writer, root, video_root, todo, found, pipeline, stats, echo, batch_size, workers,
+                                 window, stride, progress)
+        stats.compactions += int(writer.compact())
+        keep = writer.window_thumbs()
+        _clean_thumbs(root, keep)
+        failures = writer.failures()
+        stats.total = len(writer.videos())
+        stats.total_windows = writer.live
+    rows = [{"path": escape_path(p), "reason": f.reason} for p, f in failures.items()]
+    rows += [{"path": escape_path(p), "reason": r} for p, r in problems]
+    stats.failures = sorted(rows, key=lambda r: r["path"])
     stats.seconds = round(time.perf_counter() - t0, 3)
-    _clean_thumbs(root, {e["thumb"] for e in entries.values() if e.get("thumb")})
     report = {
-        "video_root": str(video_root),
+        "video_root": escape_path(video_root),
         "model_spec": pipeline.spec,
         "model_id": pipeline.model_id,
+        "window": window,
+        "stride": stride,
         "finished_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-        "counts": {k: getattr(stats, k) for k in
-                   ("found", "new", "changed", "unchanged", "deleted", "encoded", "failed", "total", "commits")},
+        "counts": {k: getattr(stats, k) for k in ("found", "new", "changed", "unchanged", "deleted", "encoded",
+                                                  "windows", "failed", "total", "total_windows", "commits",
+                                                  "compactions")},
         "seconds": stats.seconds,
-        "failures": [{"path": f["path"], "reason": f["reason"]} for f in stats.failures],
+        "model_seconds": round(stats.model_seconds, 3),
+        "failures": stats.failures,
         "encoded": stats.encoded_paths,
     }
     atomic_write_json(root / "report.json", report)
     return stats
 
 
-def _prefetch(todo: list[str], video_root: Path, pipeline: Any, workers: int) -> Iterator[tuple]:
-    """Decode (+ duration + thumbnail) ahead of the encoder on ``workers`` threads, yielding in order.
+def _encode_all(writer: IndexWriter, root: Path, video_root: bytes, todo: list[bytes], found: dict, pipeline: Any,
+                stats: IndexStats, echo: Callable[[str], None], batch_size: int, workers: int, window: float,
+                stride: float, progress: bool) -> None:
+    """The model thread: take decoded windows, encode ``batch_size`` at a time, commit finished videos."""
+    bar = _bar(len(todo), progress)
+    state: dict[bytes, dict[str, Any]] = {}  # rel → {vectors: {i: vec}, spans, jpegs, total, done}
+    buffer: list[_Chunk] = []
+    new_failures: list[FailureRow] = []
 
-    PyAV releases the GIL while decoding, so threads overlap decoding with the model's forward pass. At
-    most ``2 * workers`` files are in flight, so memory stays bounded on huge folders.
+    def encode() -> None:
+        if not buffer:
+            return
+        t = time.perf_counter()
+        vecs = pipeline.encode_pixels(torch.cat([c.pixels for c in buffer])).numpy()
+        stats.model_seconds += time.perf_counter() - t
+        pos = 0
+        for c in buffer:
+            s = state.get(c.rel)
+            if s is not None:  # None: the video failed after this chunk was decoded
+                for j in range(len(c.spans)):
+                    s["vectors"][c.first + j] = vecs[pos + j]
+            pos += len(c.spans)
+        stats.windows += pos
+        buffer.clear()
+
+    def commit(final: bool = False) -> None:
+        ready = [r for r, s in state.items() if s["done"] and len(s["vectors"]) == s["total"]]
+        if not ready and not (final and new_failures):
+            return
+        done = []
+        for rel in ready:
+            s = state.pop(rel)
+            done.append({"rel": rel, "spans": s["spans"], "jpegs": s["jpegs"], "duration": s["duration"],
+                         "vectors": np.stack([s["vectors"][i] for i in range(s["total"])])})
+        bar.update(commit_videos(writer, root, found, done, new_failures, stats))
+        new_failures.clear()
+
+    producer = _Producer(todo, video_root, pipeline, window, stride, batch_size, workers)
+    try:
+        for item in producer.items():
+            if isinstance(item, _Chunk):
+                s = state.setdefault(item.rel, {"vectors": {}, "spans": [], "jpegs": [], "total": item.total,
+                                                "done": False, "duration": item.duration})
+                s["spans"].extend(item.spans)
+                s["jpegs"].extend(item.jpegs)
+                buffer.append(item)
+                if sum(len(c.spans) for c in buffer) >= batch_size:
+                    encode()
+                    commit()
+            elif isinstance(item, _Failed):
+                state.pop(item.rel, None)
+                st = found[item.rel]
+                new_failures.append(FailureRow(item.rel, st.st_size, st.st_mtime_ns, st.st_mode, item.reason))
+                echo(f"cannot index {escape_path(os.path.join(video_root, item.rel))}: {item.reason}")
+                bar.update(1)
+            else:  # ("done", rel)
+                s = state.get(item[1])
+                if s is not None:
+                    s["done"] = True
+                else:  # a video with zero windows cannot happen (plan_windows returns >= 1); be safe
+                    pass
+        encode()
+        commit(final=True)
+    finally:
+        producer.close()
+        bar.close()
+
+
+def commit_videos(writer: IndexWriter, root: Path, found: dict, done: list[dict], failures: list[FailureRow],
+                  stats: IndexStats) -> int:
+    """Write the thumbnails of finished videos, then commit them (and ``failures``) in one transaction.
+
+    ``done``: ``[{rel, spans, jpegs, duration, vectors [n, D]}]``. Returns the number of videos committed.
     """
-
-    def work(rel: str) -> tuple:
-        full = video_root / rel
-        try:
-            clip = pipeline.decode(full)
-        except Exception as exc:  # noqa: BLE001 - any failure is a property of this file; keep going
-            return rel, None, None, None, str(getattr(exc, "reason", None) or f"{type(exc).__name__}: {exc}")
-        try:
-            from clipvip.search.thumbs import thumbnail_jpeg
-
-            jpeg = thumbnail_jpeg(_middle(clip))
-        except Exception as exc:  # noqa: BLE001 - a missing thumbnail must not lose the embedding
-            log.warning("no thumbnail for %s: %s", rel, exc)
-            jpeg = None
-        return rel, clip, probe_duration(full), jpeg, None
-
-    if workers <= 1:
-        yield from map(work, todo)
-        return
-    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix="decode") as pool:
-        window: deque = deque()
-        items = iter(todo)
-        for rel in items:
-            window.append(pool.submit(work, rel))
-            if len(window) >= 2 * workers:
-                break
-        while window:
-            result = window.popleft().result()
-            nxt = next(items, None)
-            if nxt is not None:
-                window.append(pool.submit(work, nxt))
-            yield result
-
-
-def probe_duration(path: Path) -> float | None:
-    """Duration in seconds from the container, or ``None`` when it does not say."""
-    try:
-        from clipvip.data.video import read_info
-
-        info = read_info(str(path))
-        value = info.get("duration") if isinstance(info, dict) else getattr(info, "duration", None)
-        return None if value is None else round(float(value), 3)
-    except Exception:  # noqa: BLE001 - a duration is nice to have, never a reason to fail
-        return None
-
-
-def _read(path: Path) -> Any:
-    try:
-        return read_json(path)
-    except (ValueError, OSError) as exc:
-        raise IndexFormatError(f"{exc}; re-create the index with --rebuild") from exc
-
-
-def _middle(clip: Any) -> np.ndarray:
-    arr = clip.numpy() if hasattr(clip, "numpy") else np.asarray(clip)
-    return arr[len(arr) // 2]
-
-
-def _unlink(path: Path) -> None:
-    try:
-        path.unlink()
-    except OSError:
-        pass
+    items = []
+    for d in done:
+        st = found[d["rel"]]
+        windows = []
+        for (a, b), jpeg in zip(d["spans"], d["jpegs"]):
+            thumb = None
+            if jpeg is not None:
+                thumb = thumb_name(d["rel"], st, a)
+                atomic_write_bytes(root / "thumbs" / thumb, jpeg)
+            windows.append((a, b, thumb))
+        items.append({"path": d["rel"], "size": st.st_size, "mtime_ns": st.st_mtime_ns, "mode": st.st_mode,
+                      "duration": d["duration"], "windows": windows, "vectors": d["vectors"]})
+    if not items and not failures:
+        return 0
+    writer.replace_videos(items, list(failures))
+    stats.commits += 1
+    for it in items:
+        stats.encoded += 1
+        stats.encoded_paths.append(escape_path(it["path"]))
+    return len(items)
 
 
 def _clean_thumbs(root: Path, keep: set[str]) -> None:
-    """Remove thumbnails of dropped videos and temp files left by a kill."""
+    """Remove thumbnails no window points at (replaced or deleted videos) and temp files left by a kill."""
     folder = root / "thumbs"
     for p in folder.iterdir() if folder.is_dir() else ():
-        if p.name not in keep:
-            _unlink(p)
-    for p in root.glob(".*.tmp"):
-        _unlink(p)
+        if p.name not in keep and (p.suffix == ".jpg" or p.name.endswith(".tmp")):
+            try:
+                p.unlink()
+            except OSError:
+                pass
 
 
 class _NullBar:
@@ -492,9 +542,5 @@ def _bar(total: int, enabled: bool) -> Any:
     return tqdm(total=total, desc="indexing", unit="video")
 
 
-def read_json(path: Path) -> Any:
-    """Read an index JSON file, raising ``ValueError`` that names the file on bad content."""
-    try:
-        return json.loads(Path(path).read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: not valid JSON ({exc})") from exc
+def is_index(path: str | Path) -> bool:
+    return (Path(path) / DB_NAME).is_file()
