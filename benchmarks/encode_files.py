@@ -63,6 +63,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--tower-batch", type=int, default=4, help="videos per batch in the tower section")
     ap.add_argument("--tower-repeats", type=int, default=2, help="timed calls per tower setting (best counts)")
+    ap.add_argument("--tower-find-max-batch", action="store_true",
+                    help="CUDA: double --tower-batch until bf16 autocast runs out of memory; time at the largest")
+    ap.add_argument("--tower-max-batch", type=int, default=4096, help="stop doubling at this batch")
     ap.add_argument("--num-frames", type=int, default=None, help="frames per video (default: the model's)")
     ap.add_argument("--device", default="cpu", help="torch device (default cpu)")
     return ap.parse_args(argv)
@@ -92,6 +95,13 @@ class ModelTimer:
 
     def __exit__(self, *exc: Any) -> None:
         del self.model.encode_video  # back to the class method
+
+
+class NoTokenizer:
+    """Stands in for a tokenizer in tower-only runs; any use says why there is none."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("this benchmark run has no tokenizer (tower only): pass --tokenizer to encode text")
 
 
 def cpu_times() -> tuple[float, float]:
@@ -126,12 +136,40 @@ def run_path(path: str, pipe: Any, videos: list[Path], video_dir: Path, args: ar
     return {"wall": wall, "cpu": c1 - c0, "sys": s1 - s0, "model": timer.seconds, "done": done, "failed": failed}
 
 
+def _fits(model: Any, batch: int, frames: int, size: int, dev: torch.device) -> bool:
+    """One bf16-autocast forward of the tower at ``batch`` without running out of GPU memory."""
+    try:
+        pixels = torch.randn(batch, frames, 3, size, size, device=dev)
+        with torch.inference_mode(), torch.autocast(dev.type, dtype=torch.bfloat16):
+            model.encode_video(pixels, normalize=False)
+        torch.cuda.synchronize(dev)
+        return True
+    except torch.cuda.OutOfMemoryError:
+        return False
+    finally:
+        pixels = None
+        torch.cuda.empty_cache()
+
+
+def max_tower_batch(model: Any, args: argparse.Namespace, frames: int, size: int, dev: torch.device) -> int:
+    """Largest ``--tower-batch * 2^k`` (up to ``--tower-max-batch``) whose bf16 forward fits (0: none)."""
+    best, b = 0, args.tower_batch
+    while b <= args.tower_max_batch and _fits(model, b, frames, size, dev):
+        best, b = b, b * 2
+    return best
+
+
 def tower(args: argparse.Namespace, pipe: Any, dtypes: list[str]) -> None:
-    """Video tower alone: fp32 vs bf16 autocast vs bf16 weights, CPU time, round-robin, best of N."""
+    """Video tower alone: fp32 vs bf16 autocast vs bf16 weights, CPU time (wall on CUDA), round-robin, best of N."""
     model = pipe.model.eval()
     dev = pipe.device
-    g = torch.Generator().manual_seed(0)
     s = pipe.image_size
+    if args.tower_find_max_batch:
+        args.tower_batch = max_tower_batch(model, args, pipe.num_frames, s, dev)
+        if args.tower_batch == 0:
+            print("\n## video tower: does not fit even at the starting --tower-batch")
+            return
+    g = torch.Generator().manual_seed(0)
     pixels = torch.randn(args.tower_batch, pipe.num_frames, 3, s, s, generator=g).to(dev)
     settings: dict[str, Callable[[], torch.Tensor]] = {"fp32": lambda: model.encode_video(pixels)}
     if "bf16" in dtypes or "auto" in dtypes:
@@ -147,8 +185,13 @@ def tower(args: argparse.Namespace, pipe: Any, dtypes: list[str]) -> None:
     outs: dict[str, torch.Tensor] = {}
     best = {k: float("inf") for k in settings}
     with torch.inference_mode():
-        for name, fn in settings.items():  # warm-up (oneDNN primitive creation) + reference outputs
-            outs[name] = torch.nn.functional.normalize(fn().float(), dim=-1).cpu()
+        for name, fn in list(settings.items()):  # warm-up (oneDNN primitive creation) + reference outputs
+            try:
+                outs[name] = torch.nn.functional.normalize(fn().float(), dim=-1).cpu()
+            except torch.cuda.OutOfMemoryError:  # fp32 needs more memory than the bf16 batch search allowed
+                torch.cuda.empty_cache()
+                print(f"# {name}: out of GPU memory at batch {args.tower_batch}; left out")
+                del settings[name]
         for _ in range(args.tower_repeats):
             for name, fn in settings.items():
                 if dev.type == "cuda":
@@ -161,11 +204,15 @@ def tower(args: argparse.Namespace, pipe: Any, dtypes: list[str]) -> None:
     what = "process CPU" if dev.type == "cpu" else "wall"
     print(f"\n## video tower alone: batch {args.tower_batch} x {pipe.num_frames} frames x {s}px, "
           f"{what} time, best of {args.tower_repeats}")
-    print("| setting | ms per video | speed vs fp32 | min cosine to fp32 |")
-    print("|---|---:|---:|---:|")
-    for name, sec in best.items():
-        cos = torch.nn.functional.cosine_similarity(outs[name].double(), outs["fp32"].double(), dim=1).min()
-        print(f"| {name} | {sec * 1e3 / args.tower_batch:.0f} | {best['fp32'] / sec:.2f}x | {float(cos):.6f} |",
+    print("| setting | ms per video | videos/s | speed vs fp32 | min cosine to fp32 |")
+    print("|---|---:|---:|---:|---:|")
+    for name in settings:
+        sec = best[name]
+        ref = "fp32" in settings
+        cos = (float(torch.nn.functional.cosine_similarity(outs[name].double(), outs["fp32"].double(), dim=1).min())
+               if ref else float("nan"))
+        ratio = f"{best['fp32'] / sec:.2f}x" if ref else "–"
+        print(f"| {name} | {sec * 1e3 / args.tower_batch:.1f} | {args.tower_batch / sec:.1f} | {ratio} | {cos:.6f} |",
               flush=True)
 
 
@@ -185,12 +232,21 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     video_dir = args.videos or args.assets / "videos"
     videos = sorted(p for p in video_dir.rglob("*.mp4") if p.is_file()) if video_dir.is_dir() else []
+    if args.tower_find_max_batch and args.device.split(":")[0] != "cuda":
+        print("--tower-find-max-batch needs --device cuda (the CPU has no out-of-memory signal to search on)",
+              file=sys.stderr)
+        return 2
+    if args.device.split(":")[0] == "cuda" and not torch.cuda.is_available():
+        print("CUDA requested but not available", file=sys.stderr)
+        return 2
     if "files" not in skip and not videos:
         print(f"no *.mp4 clips under {video_dir}: pass --videos DIR or --assets DIR", file=sys.stderr)
         return 2
-    tok = args.tokenizer
+    tok: Any = args.tokenizer
     if tok is None and (args.assets / "clip" / "bpe_simple_vocab_16e6.txt.gz").is_file():
         tok = str(args.assets / "clip" / "bpe_simple_vocab_16e6.txt.gz")
+    if tok is None and "files" in skip:
+        tok = NoTokenizer()  # a tower-only run (e.g. on a GPU machine without the assets) encodes no text
     pipes = {d: clipvip.load(args.model, device=args.device, tokenizer=tok, num_frames=args.num_frames, dtype=d)
              for d in dtypes}
     first = next(iter(pipes.values()))
