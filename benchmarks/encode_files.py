@@ -53,6 +53,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                     help="shared assets folder: clips under videos/, CLIP's BPE under clip/ (default ../shared/assets)")
     ap.add_argument("--videos", type=Path, default=None, help="folder of clips (default ASSETS/videos)")
     ap.add_argument("--tokenizer", default=None, help="tokenizer for a registry model (default ASSETS' CLIP BPE)")
+    ap.add_argument("--limit", type=int, default=None,
+                    help="use only the first N clips (sorted by path): bf16 without AMX is slow")
     ap.add_argument("--dtypes", default="fp32,bf16", help="comma-separated: fp32, bf16, auto")
     ap.add_argument("--paths", default="files,index", help="comma-separated end-to-end paths: files, index")
     ap.add_argument("--skip", default="", help="comma-separated sections to skip: tower, files")
@@ -111,8 +113,16 @@ def cpu_times() -> tuple[float, float]:
 
 
 def run_path(path: str, pipe: Any, videos: list[Path], video_dir: Path, args: argparse.Namespace) -> dict[str, float]:
-    """One timed pass of ``path`` over ``videos``: wall s, CPU s, system s, model-share, videos encoded."""
+    """One timed pass of ``path`` over ``videos``: wall s, CPU s, system s, model-share, videos encoded.
+
+    The index path indexes a folder; with ``--limit`` the chosen clips are symlinked into a temporary one.
+    """
     with tempfile.TemporaryDirectory() as tmp, ModelTimer(pipe.model, pipe.device) as timer:
+        if path == "index" and args.limit is not None:
+            video_dir = Path(tmp) / "videos"
+            video_dir.mkdir()
+            for i, v in enumerate(videos):
+                (video_dir / f"{i:03d}_{v.name}").symlink_to(v.resolve())
         c0, s0 = cpu_times()
         t0 = time.perf_counter()
         if path == "files":
@@ -232,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     video_dir = args.videos or args.assets / "videos"
     videos = sorted(p for p in video_dir.rglob("*.mp4") if p.is_file()) if video_dir.is_dir() else []
+    if args.limit is not None:
+        videos = videos[: args.limit]
     if args.tower_find_max_batch and args.device.split(":")[0] != "cuda":
         print("--tower-find-max-batch needs --device cuda (the CPU has no out-of-memory signal to search on)",
               file=sys.stderr)
