@@ -33,7 +33,9 @@ class OpCounter(TorchDispatchMode):
         self.by_name: Counter[str] = Counter()
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001 - torch's signature
-        self.by_name[str(func.overloadpacket)] += 1
+        name = str(func.overloadpacket)
+        if not name.startswith("prim."):  # prim.device etc.: queries fake tensors answer, not ATen ops
+            self.by_name[name] += 1
         return func(*args, **(kwargs or {}))
 
     @property
