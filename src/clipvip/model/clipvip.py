@@ -148,5 +148,8 @@ class CLIPViP(nn.Module):
 
 
 def _tracing() -> bool:
-    """True while torch.compile / torch.export (dynamo or non-strict) or torch.jit tracing runs the code."""
-    return bool(torch.compiler.is_compiling() or torch.compiler.is_exporting() or torch.jit.is_tracing())
+    """True while torch.compile / torch.export (dynamo or non-strict) or torch.jit tracing runs the code.
+    (``is_exporting`` is torch >= 2.5, ``is_compiling`` >= 2.3; older versions lack the API and the mode.)"""
+    compiler = getattr(torch, "compiler", None)
+    checks = [getattr(compiler, name, None) for name in ("is_compiling", "is_exporting")]
+    return bool(torch.jit.is_tracing() or any(check() for check in checks if check is not None))
