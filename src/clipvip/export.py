@@ -148,9 +148,12 @@ def export_onnx(program: torch.export.ExportedProgram, tower: str, path: Path, o
     files written (the ``.onnx`` and, for large models, its external-data file)."""
     require_onnx()
     before = set(path.parent.iterdir())
-    registry_log = logging.getLogger("torch.onnx._internal.exporter._registration")
-    level = registry_log.level
-    registry_log.setLevel(logging.ERROR)  # "torchvision is not installed" notes: irrelevant here
+    # The exporter's own chatter ("torchvision is not installed", onnxscript's per-node optimiser notes at
+    # INFO, which the CLI's logging level would print by the thousand) is not for our users.
+    noisy = [logging.getLogger(name) for name in ("torch.onnx._internal.exporter._registration", "onnxscript", "onnx_ir")]
+    levels = [logger.level for logger in noisy]
+    for logger in noisy:
+        logger.setLevel(logging.ERROR)
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)  # torch-internal deprecations during export
@@ -158,7 +161,8 @@ def export_onnx(program: torch.export.ExportedProgram, tower: str, path: Path, o
                                              output_names=["embeddings"], opset_version=opset, verbose=False)
             onnx_program.save(str(path))
     finally:
-        registry_log.setLevel(level)
+        for logger, level in zip(noisy, levels):
+            logger.setLevel(level)
     return sorted(set(path.parent.iterdir()) - before)
 
 
