@@ -272,7 +272,7 @@ def preprocessing_spec(model: nn.Module, *, frames: int, context_length: int, to
         "embedding_dim": int(cfg.projection_dim),
         "normalized": True,
         "similarity": "cosine = dot product of the (unit-norm) embeddings",
-        "logit_scale": float(model.logit_scale.detach().exp()),
+        "temperature": float(model.logit_scale.detach().exp()),  # exp(logit_scale): logits = temperature · cosine
         "attention": cfg.attention,
         "video": {"file": "video.onnx", **video},
         "text": {"file": "text.onnx", **text},
