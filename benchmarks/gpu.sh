@@ -46,6 +46,7 @@ run() {
     [ "$rc" -eq 124 ] && echo "(killed after ${STEP_TIMEOUT}s)" >> "$OUT/$name.log"
     echo "   rc=$rc, $(( $(date +%s) - t0 )) s, log $OUT/$name.log" | tee -a "$SUMMARY"
     tail -n 25 "$OUT/$name.log"
+    return "$rc"
 }
 
 {
@@ -58,7 +59,9 @@ cat "$OUT/env.txt"
 
 # 2. ops per layer (dispatch counter; each computing op is a launch on the GPU)
 if [ -f benchmarks/ops.py ]; then
-    run ops "$PY" benchmarks/ops.py --batches 1,8,32,128
+    # the loop-version baseline is read with `git show`; without the git history count the current code only
+    run ops "$PY" benchmarks/ops.py --batches 1,8,32,128 ||
+        run ops-current "$PY" benchmarks/ops.py --batches 1,8,32,128 --baseline none
 else
     echo "== ops: benchmarks/ops.py not in this checkout; skipped" | tee -a "$SUMMARY"
 fi
