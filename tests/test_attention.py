@@ -74,6 +74,7 @@ def _layer_ops(batch: int, frames: int, layers: int) -> tuple[Counter, Counter]:
     return fwd.by_name, bwd.by_name
 
 
+@pytest.mark.slow
 def test_proxy_op_count_independent_of_batch_and_frames():
     """The ops one encoder layer dispatches (forward and backward) are the same at every batch and frame
     count: no Python loop over videos or frames (each op is a kernel launch on a GPU). A layer's ops are the
