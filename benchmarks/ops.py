@@ -103,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     versions: dict[str, type | None] = {"current": None}
     if args.baseline.lower() != "none":
-        versions[f"loop ({args.baseline})"] = old_attention_class(args.baseline)
+        try:
+            versions[f"loop ({args.baseline})"] = old_attention_class(args.baseline)
+        except (OSError, subprocess.CalledProcessError) as exc:  # no git, or a checkout without that history
+            print(f"# baseline {args.baseline} unavailable ({type(exc).__name__}); counting the current code only")
     if args.check:
         for name, cls in versions.items():
             real = per_layer(args.width, 1, 2, 2, cls, fake=False)
