@@ -282,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                 row["note"] = "non-finite loss"
             rows.append(row)
             print(f"| {mode} | {'on' if ckpt else 'off'} | {bs} | {row['pairs_per_s']:.2f} | {row['step_s']:.3f} | "
-                  f"{row['act_mb']:.0f} | {row['peak_mb']:.0f} |", flush=True)
+                  f"{'–' if math.isnan(row['act_mb']) else format(row['act_mb'], '.0f')} | {row['peak_mb']:.0f} |", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
             json.dump({"args": vars(args), "rows": rows}, fh, indent=2)
