@@ -285,7 +285,8 @@ def main(argv: list[str] | None = None) -> int:
                   f"{'–' if math.isnan(row['act_mb']) else format(row['act_mb'], '.0f')} | {row['peak_mb']:.0f} |", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "rows": rows}, fh, indent=2)
+            clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+            json.dump({"args": vars(args), "rows": clean}, fh, indent=2)  # strict JSON: no NaN
     return 0
 
 
