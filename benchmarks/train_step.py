@@ -11,9 +11,13 @@ Reported per configuration:
 * ``peak MB``: on CUDA, ``torch.cuda.max_memory_allocated`` during the steps; on CPU, the growth of the
   process's resident set during the steps (coarse, sampled every millisecond).
 
-CPU (default, a 2-layer B/32 so it runs in a minute on 2 cores)::
+``--clock cpu`` times process CPU time (all threads) instead of wall time: on a shared machine that counts
+the work, not the waiting; with ``--threads 1`` it is what one idle core would take.
+
+CPU (default, a 2-layer B/32 with batch 4, so it runs in a few minutes on 2 cores)::
 
     python benchmarks/train_step.py
+    python benchmarks/train_step.py --clock cpu --threads 1 --steps 2   # steadier on a shared machine
 GPU (the lent H100/H200 run: full B/32 and B/16 in bf16, largest batch that fits)::
 
     python benchmarks/train_step.py --device cuda --dtype bf16 --arch clipvip-b32 --layers 0 --find-max-batch
@@ -54,6 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--find-max-batch", action="store_true",
                    help="CUDA: double the batch from --batch-size until out of memory; measure at the largest that fits")
     p.add_argument("--max-batch-cap", type=int, default=4096, help="stop doubling at this batch size")
+    p.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                   help="wall time, or process CPU time (CPU only; steadier when other jobs share the cores)")
+    p.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (the compile itself is in the warm-up steps, not timed)")
     p.add_argument("--json", default=None, help="also write the rows as JSON to this file")
     return p.parse_args(argv)
 
@@ -170,19 +179,21 @@ def measure(model: Any, args: argparse.Namespace, mode: str, ckpt: bool, batch_s
     model.train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-6, betas=(0.9, 0.98), eps=1e-6, weight_decay=0.2)
     batch = make_batch(model, args, batch_size, device)
-    act = saved_activation_mb(model, batch, device, dtype)
+    # under torch.compile the saved tensors are the compiled graph's, not eager autograd's: measured eager only
+    act = float("nan") if args.compile else saved_activation_mb(model, batch, device, dtype)
     for _ in range(args.warmup):
         train_step(model, optimizer, batch, device, dtype)
     if device.type == "cuda":
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
+    clock = time.process_time if args.clock == "cpu" else time.perf_counter
     with RssSampler() as rss:
-        t0 = time.perf_counter()
+        t0 = clock()
         for _ in range(args.steps):
             loss = train_step(model, optimizer, batch, device, dtype)
         if device.type == "cuda":
             torch.cuda.synchronize()
-        dt = time.perf_counter() - t0
+        dt = clock() - t0
     peak = torch.cuda.max_memory_allocated() / 2**20 if device.type == "cuda" else rss.growth_mb
     del optimizer
     return {"mode": mode, "checkpointing": ckpt, "batch": batch_size, "pairs_per_s": batch_size * args.steps / dt,
@@ -222,6 +233,12 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda" and not torch.cuda.is_available():
         print("CUDA requested but not available", file=sys.stderr)
         return 2
+    if args.clock == "cpu" and device.type == "cuda":
+        print("--clock cpu measures host CPU time and would miss GPU work: use the wall clock on CUDA",
+              file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if args.find_max_batch and device.type != "cuda":
         print("--find-max-batch needs --device cuda (CPU has no out-of-memory signal to search on)", file=sys.stderr)
         return 2
@@ -230,16 +247,22 @@ def main(argv: list[str] | None = None) -> int:
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
     model = build_model(args).to(device)
+    if args.compile:
+        # the encoders are methods, not forward(): compile them in place (recompiles per attention mode)
+        model.encode_video = torch.compile(model.encode_video)
+        model.encode_text = torch.compile(model.encode_text)
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
     ckpts = [{"off": False, "on": True}[c.strip()] for c in args.checkpointing.split(",") if c.strip()]
     cfg = model.config
     print(f"# train_step: {args.arch} (layers {cfg.vision.num_hidden_layers}/{cfg.text.num_hidden_layers}), "
           f"{args.num_frames} frames, {cfg.vision.image_size}px, text {args.text_length}, device {device}, "
-          f"dtype {args.dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}")
+          f"dtype {args.dtype}, torch {torch.__version__}, threads {torch.get_num_threads()}, {args.clock} clock"
+          f"{', torch.compile' if args.compile else ''}")
     if device.type == "cuda":
         print(f"# GPU: {torch.cuda.get_device_name(device)}")
     rows = []
-    print("| attention | act. ckpt | batch | pairs/s | s/step | saved act. MB | peak MB |")
+    unit = "CPU-s" if args.clock == "cpu" else "s"
+    print(f"| attention | act. ckpt | batch | pairs/{unit} | {unit}/step | saved act. MB | peak MB |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for mode in modes:
         for ckpt in ckpts:
@@ -259,10 +282,11 @@ def main(argv: list[str] | None = None) -> int:
                 row["note"] = "non-finite loss"
             rows.append(row)
             print(f"| {mode} | {'on' if ckpt else 'off'} | {bs} | {row['pairs_per_s']:.2f} | {row['step_s']:.3f} | "
-                  f"{row['act_mb']:.0f} | {row['peak_mb']:.0f} |", flush=True)
+                  f"{'–' if math.isnan(row['act_mb']) else format(row['act_mb'], '.0f')} | {row['peak_mb']:.0f} |", flush=True)
     if args.json:
         with open(args.json, "w") as fh:
-            json.dump({"args": vars(args), "rows": rows}, fh, indent=2)
+            clean = [{k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in r.items()} for r in rows]
+            json.dump({"args": vars(args), "rows": clean}, fh, indent=2)  # strict JSON: no NaN
     return 0
 
 

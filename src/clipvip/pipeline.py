@@ -13,11 +13,19 @@ reference §6.4) so that the index, search, eval and analysis code all embed vid
 * a registry name such as ``clipvip-tiny`` (random init with a fixed seed, for tests; ``tokenizer=`` needed).
 
 ``model_id`` is a fingerprint of everything that decides an embedding (weights, config, frames, image
-size), so the search index can refuse to mix vectors from two different models.
+size, and the inference dtype when it is not fp32), so the search index can refuse to mix vectors from two
+different models, or from the same model run in fp32 and in bf16.
+
+``dtype="bf16"`` encodes under bf16 *autocast* rather than with bf16 weights: matmuls and convolutions run
+in bf16 (where AMX / AVX512-BF16 or a GPU make them fast) while LayerNorm, softmax and the final L2
+normalisation stay in fp32, which keeps embeddings within cosine 0.999 of fp32 (tests/test_dtype.py); the
+fp32 weights stay the one copy that is hashed, saved and shared with fp32 callers. Embeddings are always
+returned as float32, L2-normalised. ``dtype="auto"`` picks bf16 only where it is fast (clipvip.device).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -67,6 +75,7 @@ class VideoTextPipeline:
         tokenizer_spec: str | None = None,
         device: str | torch.device = "cpu",
         transform: Any = None,
+        dtype: torch.dtype = torch.float32,
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -77,6 +86,7 @@ class VideoTextPipeline:
         self.spec = spec
         self.tokenizer_spec = tokenizer_spec
         self.device = torch.device(device)
+        self.dtype = dtype
         if transform is None:
             from clipvip.data.transforms import VideoTransform
 
@@ -120,8 +130,10 @@ class VideoTextPipeline:
         transforms in its decode threads, so the model thread only stacks and encodes)."""
         with self._lock, torch.inference_mode():
             self.model.eval()
-            out = self.model.encode_video(pixels.to(self.device), normalize=True)
-        return self._finite(out.float().cpu(), "video")
+            with self._autocast():
+                out = self.model.encode_video(pixels.to(self.device), normalize=False)
+            out = torch.nn.functional.normalize(out.float(), dim=-1)
+        return self._finite(out.cpu(), "video")
 
     def _finite(self, out: torch.Tensor, what: str) -> torch.Tensor:
         """Refuse NaN/inf embeddings: they would rank arbitrarily and break JSON (``"score": NaN``)."""
@@ -198,12 +210,28 @@ class VideoTextPipeline:
             mask = batch["attention_mask"].to(self.device)
             with self._lock, torch.inference_mode():
                 self.model.eval()
-                outs.append(self._finite(self.model.encode_text(ids, mask, normalize=True).float().cpu(), "text"))
+                with self._autocast():
+                    out = self.model.encode_text(ids, mask, normalize=False)
+                outs.append(self._finite(torch.nn.functional.normalize(out.float(), dim=-1).cpu(), "text"))
         return torch.cat(outs) if outs else torch.zeros(0, self.dim)
+
+    @property
+    def dtype_name(self) -> str:
+        """``"fp32"`` or ``"bf16"``: what an index records and ``clipvip.load(..., dtype=)`` accepts back."""
+        from clipvip.device import dtype_name
+
+        return dtype_name(self.dtype)
+
+    def _autocast(self) -> Any:
+        """bf16 autocast on this pipeline's device, or nothing for fp32 (module doc: why autocast)."""
+        if self.dtype == torch.float32:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.dtype)
 
     def __repr__(self) -> str:
         return (f"VideoTextPipeline(spec={self.spec!r}, model_id={self.model_id!r}, dim={self.dim}, "
-                f"num_frames={self.num_frames}, image_size={self.image_size}, device={self.device})")
+                f"num_frames={self.num_frames}, image_size={self.image_size}, device={self.device}, "
+                f"dtype={self.dtype_name})")
 
 
 # ---------------------------------------------------------------------- load
@@ -217,6 +245,7 @@ def load(
     attention: str | None = None,
     seed: int = 0,
     config: Any = None,
+    dtype: str | torch.dtype | None = None,
 ) -> VideoTextPipeline:
     """Load a model from any supported ``spec`` and wrap it in a :class:`VideoTextPipeline`.
 
@@ -225,12 +254,17 @@ def load(
     ``max_length`` to the text context. ``attention`` switches the attention mode after loading.
     ``config`` is only used for official checkpoints whose architecture cannot be inferred from the weights.
     ``seed`` seeds the random init of a registry name (a spec ``name@seedN`` does the same).
+    ``dtype`` is ``"fp32"`` (default), ``"bf16"`` (bf16 autocast) or ``"auto"`` (bf16 where the CPU has
+    AMX / AVX512-BF16 or on a bf16-capable GPU; :func:`clipvip.device.resolve_dtype`); it is part of
+    ``model_id``.
     """
     from clipvip.config import CLIPViPConfig, available_configs
+    from clipvip.device import resolve_dtype
     from clipvip.model.clipvip import CLIPViP
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
+    run_dtype = resolve_dtype(dtype, device)  # before any loading: a bad value fails fast
     spec_str = str(spec)
     path = Path(spec_str).expanduser()
     tok_spec: str | None = None
@@ -288,7 +322,12 @@ def load(
         raise ValueError(f"num_frames must be >= 1, got {n_frames}")
     ctx = int(max_length or cfg.text.max_position_embeddings)
     model.to(device).eval()
-    model_id = fingerprint(model, num_frames=n_frames, image_size=cfg.vision.image_size)
+    extra: dict[str, Any] = {"num_frames": n_frames, "image_size": cfg.vision.image_size}
+    if run_dtype != torch.float32:  # fp32 ids stay what they were, so existing fp32 indexes stay valid
+        from clipvip.device import dtype_name
+
+        extra["dtype"] = dtype_name(run_dtype)
+    model_id = fingerprint(model, **extra)
     return VideoTextPipeline(
         model,
         tok_obj,
@@ -299,6 +338,7 @@ def load(
         spec=spec_str,
         tokenizer_spec=tok_spec,
         device=device,
+        dtype=run_dtype,
     )
 
 

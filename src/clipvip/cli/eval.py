@@ -37,17 +37,21 @@ def register(subparsers: Any) -> None:
     p.add_argument("--max-length", type=int, default=None,
                    help="text context in tokens (default: the model's, 77; the recipes use 50 or 70)")
     p.add_argument("--device", default=None, help="torch device (default: cuda when available, else cpu)")
+    p.add_argument("--dtype", default="fp32", choices=("fp32", "bf16", "auto"),
+                   help="encode in fp32 (default) or under bf16 autocast; auto = bf16 where the CPU has AMX or "
+                        "AVX512-BF16, or on a bf16-capable GPU, else fp32 (bf16 without that hardware is slower)")
     p.add_argument("--num-workers", type=int, default=0, help="DataLoader worker processes for decoding")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_handler)
 
 
 def load_model(spec: str, *, device: str | None, tokenizer: str | None, num_frames: int | None,
-               max_length: int | None) -> Any:
-    """``clipvip.load(spec)``: the pipeline object with ``model``, ``tokenizer``, ``num_frames``..."""
+               max_length: int | None, dtype: str | None = None) -> Any:
+    """``clipvip.load(spec)``: the pipeline object with ``model``, ``tokenizer``, ``num_frames``, ``dtype``..."""
     import clipvip
 
-    return clipvip.load(spec, device=device, tokenizer=tokenizer, num_frames=num_frames, max_length=max_length)
+    return clipvip.load(spec, device=device, tokenizer=tokenizer, num_frames=num_frames, max_length=max_length,
+                        dtype=dtype)
 
 
 def _handler(args: argparse.Namespace) -> int:
@@ -70,9 +74,11 @@ def _handler(args: argparse.Namespace) -> int:
             raise CLIError(f"--tokenizer {args.tokenizer}: {exc}") from None
     try:
         pipe = load_model(args.model, device=args.device, tokenizer=tokenizer, num_frames=args.num_frames,
-                          max_length=args.max_length)
+                          max_length=args.max_length, dtype=args.dtype)
     except (ValueError, FileNotFoundError, OSError) as exc:
         raise CLIError(f"--model {args.model}: {exc}") from None
+
+    import torch
 
     from clipvip.metrics import format_table
     from clipvip.train.evaluate import evaluate_retrieval
@@ -88,7 +94,8 @@ def _handler(args: argparse.Namespace) -> int:
                                  image_size=pipe.image_size, max_length=pipe.max_length,
                                  batch_size=args.batch_size, device=pipe.device, video_root=args.video_root,
                                  paragraph=args.paragraph, dsl=args.dsl, num_workers=args.num_workers,
-                                 progress=not args.no_progress, v2t_convention=args.v2t)
+                                 progress=not args.no_progress, v2t_convention=args.v2t,
+                                 autocast_dtype=None if pipe.dtype == torch.float32 else pipe.dtype)
     except (ValueError, FileNotFoundError) as exc:
         raise CLIError(f"--data {data}: {exc}") from None
     finally:
@@ -98,11 +105,12 @@ def _handler(args: argparse.Namespace) -> int:
         raise CLIError(f"--data {data}: none of the {res['num_videos']} videos could be read (first: "
                        f"{failures[0][0]}: {failures[0][1]}); check --video-root")
     tables = {k: v for k, v in res.items() if isinstance(v, dict)}
-    print(f"{res['num_texts']} texts x {res['num_videos']} videos, model {args.model}")
+    print(f"{res['num_texts']} texts x {res['num_videos']} videos, model {args.model} ({pipe.dtype_name})")
     print(format_table(tables, v2t_convention=res["v2t_convention"]))
     if args.out:
         write_json(args.out, {"model": args.model, "data": str(data), "dsl": args.dsl,
-                              "num_frames": pipe.num_frames, "max_length": pipe.max_length, **res})
+                              "num_frames": pipe.num_frames, "max_length": pipe.max_length,
+                              "dtype": pipe.dtype_name, "model_id": pipe.model_id, **res})
     if failures:
         where = (f"the 'failures' list of {args.out}" if args.out else "rerun with --out FILE to keep the full list")
         shown = "; ".join(f"{path}: {why}" for path, why in failures[:3])

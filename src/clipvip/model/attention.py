@@ -12,35 +12,28 @@ a patch of frame t            the M proxies + the L patches of frame t
 Three ways to compute it, one set of weights:
 
 * ``"masked"`` (:func:`proxy_attention_mask` + explicit masked softmax): the readable reference; builds the
-  N×N mask and the N×N scores, as the official implementation does.
-* ``"proxy"`` (:meth:`CLIPAttention.forward_proxy`): the same numbers, block-sparsely. The hidden state is
-  kept as two tensors, proxies ``[B, M, D]`` and patches ``[B·T, L, D]``, so every frame is a batch row and
-  all head reshapes are views. The N×N mask and score matrix never exist: patch queries cost
-  ``T·L·(M+L)`` and proxy queries ``M·N`` score entries instead of ``N²``.
+  N×N mask and the N×N scores (dense; the official ``forward2`` is block-sparse like ``"proxy"``).
+* ``"proxy"`` (:meth:`CLIPAttention.forward_proxy`): the same numbers, block-sparsely, in two
+  ``scaled_dot_product_attention`` calls per layer and a fixed number of tensor ops whatever the batch B and
+  the frame count T (no Python loop over videos or frames: on a GPU every op is a kernel launch, so a
+  per-video loop makes training launch-bound at large batch). The hidden state is kept as two tensors,
+  proxies ``[B, M, D]`` and patches ``[B·T, L, D]``, so every frame is a batch row and all head reshapes are
+  views. Patch queries cost ``T·L·(M+L)`` score entries and proxy queries ``M·N`` instead of ``N²``.
 * ``"full"``: dense attention over all N tokens without a mask (the paper's ablation).
 
-Why two code paths for the patch queries (measurements in docs/model.md): a patch query's keys are
-``[M proxies ; L frame patches]``. ``"sdpa"`` (default) broadcasts the proxy keys/values over frames with
-``expand``, concatenates them in front of each frame's keys/values and calls
-``scaled_dot_product_attention`` once over the batch ``B·T``; the concatenation copies the keys/values once
-per layer (memory-bound, O(T·L·D), next to the O(T·L·D²) projections), and SDPA's fused kernel never
-stores the scores. ``"split"`` avoids the concatenation: two score blocks (patch·proxyᵀ by broadcasting,
-patch·frameᵀ per frame) and one joint softmax by hand. It is not copy-free either: a 4-D ``matmul`` folds
-the (B·T, H) batch dims, whose strides do not merge, so it copies q, k and v; and it stores the L×L
-probabilities for backward. Both are exact; :data:`PROXY_IMPL` selects the default.
+The price of one SDPA call per query group is two concatenations per layer: the proxy keys/values broadcast
+over frames in front of each frame's keys/values (``[B·T, H, M+L, d]``), and the proxy keys/values in front
+of all patch keys/values of a video (``[B, H, M+T·L, d]``). Both are O(T·L·D) copies, memory-bound, next to
+the O(T·L·D²) projections; SDPA's fused kernels never store the scores.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-
-#: How ``"proxy"`` attention computes the patch queries: ``"sdpa"`` or ``"split"`` (module docstring).
-PROXY_IMPL = "sdpa"
 
 
 @dataclass(frozen=True)
@@ -57,22 +50,18 @@ class TokenLayout:
         return self.num_proxies + self.num_frames * self.patches_per_frame
 
 
-@lru_cache(maxsize=4)
-def _cached_mask(num_proxies: int, num_frames: int, patches: int, device: str) -> Tensor:
-    m, t, l = num_proxies, num_frames, patches
-    n = m + t * l
-    allow = torch.zeros(n, n, dtype=torch.bool, device=device)
-    allow[:m, :] = True  # proxies see everything
-    for i in range(t):
-        rows = slice(m + i * l, m + (i + 1) * l)
-        allow[rows, :m] = True  # patches see the proxies ...
-        allow[rows, rows] = True  # ... and their own frame
-    return allow
-
-
 def proxy_attention_mask(num_proxies: int, num_frames: int, patches: int, device: torch.device | str = "cpu") -> Tensor:
-    """The dense boolean ``[N, N]`` mask of reference §1.5 (True = may attend), written as the table reads."""
-    return _cached_mask(num_proxies, num_frames, patches, str(device))
+    """The dense boolean ``[N, N]`` mask of reference §1.5 (True = may attend), built from the shapes on
+    each call (a few element-wise ops; nothing cached, so tracing and export see it as computation).
+
+    Every token gets a group: -1 for the proxies, ``t`` for the patches of frame ``t``. A query may attend
+    to a key if the query is a proxy, the key is a proxy, or both lie in the same frame.
+    """
+    proxy = torch.full((num_proxies,), -1, dtype=torch.long, device=device)
+    frame = torch.arange(num_frames, device=device).repeat_interleave(patches)
+    group = torch.cat([proxy, frame])
+    query, key = group[:, None], group[None, :]
+    return (query < 0) | (key < 0) | (query == key)
 
 
 class CLIPAttention(nn.Module):
@@ -110,9 +99,9 @@ class CLIPAttention(nn.Module):
 
         Without a mask this is one fused SDPA call. With a mask it is the textbook computation, written out:
         scores ``q·kᵀ/√d``, masked to ``-inf``, softmax, times ``v``. That is the readable reference the
-        ``"masked"`` mode promises; it stores the N×N scores as the official implementation's ``bmm`` does
-        (so the benchmark's ``"masked"`` row shows what the block-sparse ``"proxy"`` saves), and it keeps the
-        proxy-vs-masked tests independent of SDPA's kernels. For the text tower (77 tokens) it costs nothing.
+        ``"masked"`` mode promises: dense, it stores the N×N scores (the benchmark's ``"masked"`` row shows
+        what block sparsity saves), and it keeps the proxy-vs-masked tests independent of SDPA's kernels.
+        For the text tower (77 tokens) it costs nothing.
         """
         q, k, v = self._qkv(x)
         if attn_mask is None:
@@ -125,52 +114,28 @@ class CLIPAttention(nn.Module):
         return self.out_proj(self._merge(out))
 
     def forward_proxy(self, proxies: Tensor, patches: Tensor, layout: TokenLayout) -> tuple[Tensor, Tensor]:
-        """Proxy-guided attention on the split state: ``proxies [B, M, D]``, ``patches [B·T, L, D]``."""
+        """Proxy-guided attention on the split state: ``proxies [B, M, D]``, ``patches [B·T, L, D]``.
+
+        Two SDPA calls, each over the whole batch: proxy queries against ``[proxy keys ; all T·L patch keys
+        of their video]``, patch queries against ``[proxy keys ; own frame's L patch keys]``.
+        """
         b, m, t, l = layout.batch, layout.num_proxies, layout.num_frames, layout.patches_per_frame
+        h, d = self.num_heads, self.head_dim
         qp, kp, vp = self._qkv(proxies)  # [B, H, M, d]
-        qf, kf, vf = self._qkv(patches)  # [B·T, H, L, d]
+        q_lin, k_lin, v_lin = self.q_proj(patches), self.k_proj(patches), self.v_proj(patches)  # [B·T, L, D]
 
-        # Proxy queries see every token: scores against the proxies and against all T·L patches, as two
-        # blocks of one softmax. Only M query rows, so this is cheap whatever T is.
-        # kf/vf as [B, H, T·L, d] views of the projection outputs. A 4-D matmul would fold (B, H) into one
-        # batch dim and copy them (their strides do not merge), so the products run per video as 3-D bmm.
-        kf_seq = kf.transpose(1, 2).reshape(b, t * l, self.num_heads, self.head_dim).transpose(1, 2)
-        vf_seq = vf.transpose(1, 2).reshape(b, t * l, self.num_heads, self.head_dim).transpose(1, 2)
-        s_f = torch.stack([qp[i] @ kf_seq[i].transpose(-1, -2) for i in range(b)])  # [B, H, M, T·L]
-        scores = torch.cat([qp @ kp.transpose(-1, -2), s_f], dim=-1) * self.scale
-        probs = F.dropout(scores.softmax(dim=-1), self._drop(), self.training)
-        p_f = probs[..., m:]
-        out_p = probs[..., :m] @ vp + torch.stack([p_f[i] @ vf_seq[i] for i in range(b)])  # [B, H, M, d]
+        # Proxy queries: the video's patch keys as [B, H, T·L, d] are a view of the projection output
+        # (frames are consecutive rows), put behind the proxy keys: one copy of the keys, one SDPA call.
+        k_video = torch.cat([kp, self._heads(k_lin.reshape(b, t * l, self.embed_dim))], dim=2)
+        v_video = torch.cat([vp, self._heads(v_lin.reshape(b, t * l, self.embed_dim))], dim=2)
+        out_p = F.scaled_dot_product_attention(qp, k_video, v_video, dropout_p=self._drop())  # [B, H, M, d]
 
-        if PROXY_IMPL == "split":
-            out_f = self._patch_queries_split(qf, kp, vp, kf, vf, layout)
-        else:
-            out_f = self._patch_queries_sdpa(qf, kp, vp, kf, vf, layout)
+        # Patch queries: the proxy keys broadcast over the T frames (expand is a view) and put in front of
+        # each frame's keys, concatenated in [B, T, H, ·, d] so that no batch size turns the broadcast into
+        # an extra copy; one SDPA call over the batch B·T.
+        kp_t = kp.unsqueeze(1).expand(b, t, h, m, d)
+        vp_t = vp.unsqueeze(1).expand(b, t, h, m, d)
+        k_frame = torch.cat([kp_t, self._heads(k_lin).unflatten(0, (b, t))], dim=3).flatten(0, 1)  # [B·T, H, M+L, d]
+        v_frame = torch.cat([vp_t, self._heads(v_lin).unflatten(0, (b, t))], dim=3).flatten(0, 1)
+        out_f = F.scaled_dot_product_attention(self._heads(q_lin), k_frame, v_frame, dropout_p=self._drop())
         return self.out_proj(self._merge(out_p)), self.out_proj(self._merge(out_f))
-
-    def _patch_queries_sdpa(self, qf: Tensor, kp: Tensor, vp: Tensor, kf: Tensor, vf: Tensor,
-                            layout: TokenLayout) -> Tensor:
-        """Patches of each frame attend to [proxies ; own frame]: one SDPA call over the batch B·T."""
-        b, t = layout.batch, layout.num_frames
-        h, m, d = kp.shape[1], kp.shape[2], kp.shape[3]
-        kp_t = kp.unsqueeze(1).expand(b, t, h, m, d).reshape(b * t, h, m, d)
-        vp_t = vp.unsqueeze(1).expand(b, t, h, m, d).reshape(b * t, h, m, d)
-        k = torch.cat([kp_t, kf], dim=2)
-        v = torch.cat([vp_t, vf], dim=2)
-        return F.scaled_dot_product_attention(qf, k, v, dropout_p=self._drop())
-
-    def _patch_queries_split(self, qf: Tensor, kp: Tensor, vp: Tensor, kf: Tensor, vf: Tensor,
-                             layout: TokenLayout) -> Tensor:
-        """The same as :meth:`_patch_queries_sdpa` with no copy of any key/value: two score blocks, one
-        joint softmax. The proxy block broadcasts the proxy keys over frames through matmul batching."""
-        b, t, l = layout.batch, layout.num_frames, layout.patches_per_frame
-        h, d = qf.shape[1], qf.shape[3]
-        q5 = qf.unflatten(0, (b, t))  # [B, T, H, L, d]
-        s_p = (q5 @ kp.unsqueeze(1).transpose(-1, -2)).flatten(0, 1)  # [B·T, H, L, M]
-        s_f = qf @ kf.transpose(-1, -2)  # [B·T, H, L, L]
-        m = s_p.shape[-1]
-        probs = (torch.cat([s_p, s_f], dim=-1) * self.scale).softmax(dim=-1)
-        probs = F.dropout(probs, self._drop(), self.training)
-        p_p, p_f = probs[..., :m], probs[..., m:]
-        out = (p_p.unflatten(0, (b, t)) @ vp.unsqueeze(1)).flatten(0, 1) + p_f @ vf
-        return out.reshape(b * t, h, l, d)

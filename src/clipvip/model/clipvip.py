@@ -11,7 +11,7 @@ from torch import Tensor, nn
 
 from clipvip.config import ATTENTION_MODES, CLIPViPConfig
 from clipvip.model.attention import CLIPAttention
-from clipvip.model.embeddings import TextEmbeddings, VideoEmbeddings
+from clipvip.model.embeddings import TextEmbeddings, VideoEmbeddings, check_token_ids
 from clipvip.model.text import TextTransformer
 from clipvip.model.vision import CLIPMLP, VisionTransformer
 
@@ -100,7 +100,14 @@ class CLIPViP(nn.Module):
         return nn.functional.normalize(features, dim=-1) if normalize else features
 
     def encode_text(self, input_ids: Tensor, attention_mask: Tensor | None = None, normalize: bool = True) -> Tensor:
-        """``[B, S]`` token ids (+ mask) -> ``[B, D]``, pooled at the first EOT."""
+        """``[B, S]`` token ids (+ mask) -> ``[B, D]``, pooled at the first EOT.
+
+        Eager calls check that every id is in the vocabulary (``ValueError`` naming the range: tokenizer and
+        model disagree). Under ``torch.compile``, ``torch.export`` or tracing the check is skipped: it reads
+        the data, which would pin the graph; exported graphs take ids from the tokenizer recorded beside them.
+        """
+        if not _tracing():
+            check_token_ids(input_ids, self.text_model.embeddings.token_embedding.num_embeddings)
         features = self.text_projection(self.text_model(input_ids, attention_mask))
         return nn.functional.normalize(features, dim=-1) if normalize else features
 
@@ -138,3 +145,11 @@ class CLIPViP(nn.Module):
         from clipvip.weights import save_pretrained
 
         return save_pretrained(self, directory, tokenizer=tokenizer)
+
+
+def _tracing() -> bool:
+    """True while torch.compile / torch.export (dynamo or non-strict) or torch.jit tracing runs the code.
+    (``is_exporting`` is torch >= 2.5, ``is_compiling`` >= 2.3; older versions lack the API and the mode.)"""
+    compiler = getattr(torch, "compiler", None)
+    checks = [getattr(compiler, name, None) for name in ("is_compiling", "is_exporting")]
+    return bool(torch.jit.is_tracing() or any(check() for check in checks if check is not None))

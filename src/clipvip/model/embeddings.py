@@ -92,7 +92,12 @@ class VideoEmbeddings(nn.Module):
 
 
 class TextEmbeddings(nn.Module):
-    """CLIP's token + absolute position embeddings (no ``position_ids`` buffer in the state dict)."""
+    """CLIP's token + absolute position embeddings (no ``position_ids`` buffer in the state dict).
+
+    The token-id range is checked by :func:`check_token_ids` at the eager entry point
+    (:meth:`clipvip.CLIPViP.encode_text`), not here: reading ``input_ids.max()`` is data-dependent and
+    would stop ``torch.export`` / ONNX tracing with a dynamic batch.
+    """
 
     def __init__(self, vocab_size: int, hidden_size: int, max_positions: int) -> None:
         super().__init__()
@@ -104,7 +109,15 @@ class TextEmbeddings(nn.Module):
         if length > self.position_embedding.num_embeddings:
             raise ValueError(f"text length {length} exceeds max_position_embeddings "
                              f"{self.position_embedding.num_embeddings}")
-        if int(input_ids.max()) >= self.token_embedding.num_embeddings or int(input_ids.min()) < 0:
-            raise ValueError(f"token ids must be in [0, {self.token_embedding.num_embeddings}), got range "
-                             f"[{int(input_ids.min())}, {int(input_ids.max())}]: tokenizer and model disagree")
         return self.token_embedding(input_ids) + self.position_embedding.weight[:length]
+
+
+def check_token_ids(input_ids: Tensor, vocab_size: int) -> None:
+    """Raise ``ValueError`` if any id is outside ``[0, vocab_size)``: a tokenizer that does not belong to
+    the model. (``nn.Embedding`` would fail with a bare index error on CPU and a device assert on CUDA.)"""
+    if input_ids.numel() == 0:
+        return
+    lo, hi = int(input_ids.min()), int(input_ids.max())
+    if lo < 0 or hi >= vocab_size:
+        raise ValueError(f"token ids must be in [0, {vocab_size}), got range [{lo}, {hi}]: "
+                         f"tokenizer and model disagree")
