@@ -160,6 +160,23 @@ def test_an_index_refuses_to_mix_fp32_and_bf16(pair, tmp_path: Path):
         build_index(videos, tmp_path / "index", bf16, progress=False, workers=1)
 
 
+def test_a_bf16_index_is_searched_with_a_bf16_model(tmp_path: Path, bpe_path: Path, capsys: pytest.CaptureFixture[str]):
+    """`clipvip index --dtype bf16` records the compute dtype, so `clipvip search` reloads the model in bf16
+    (same model id) instead of refusing the index as another model's."""
+    from clipvip.cli import main as cli_main
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    make_video(videos / "a.mp4", seed=1)
+    index = tmp_path / "index"
+    assert cli_main(["index", str(videos), "--index", str(index), "--model", "clipvip-tiny", "--tokenizer",
+                     str(bpe_path), "--dtype", "bf16", "--device", "cpu", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli_main(["search", str(index), "a green dot", "--json"]) == 0
+    hits = json.loads(capsys.readouterr().out)["results"]
+    assert [h["path"] for h in hits] == ["a.mp4"]
+
+
 # ------------------------------------------------------------------ eval CLI
 def test_eval_cli_dtype(pair, tmp_path: Path, bpe_path: Path, capsys: pytest.CaptureFixture[str]):
     from clipvip.cli import main as cli_main

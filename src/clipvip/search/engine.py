@@ -281,7 +281,7 @@ class SearchEngine:
             meta = self._snap.meta
             pipeline = load(meta["model_spec"], device=device,
                             tokenizer=tokenizer if tokenizer is not None else meta.get("tokenizer_spec"),
-                            num_frames=meta.get("num_frames"))
+                            num_frames=meta.get("num_frames"), dtype=meta.get("compute_dtype", "fp32"))
         if pipeline.model_id != self._snap.model_id:
             raise ModelMismatchError(
                 f"{self.index_dir} was built with model id {self._snap.model_id} ({self._snap.meta.get('model_spec')}), "

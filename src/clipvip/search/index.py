@@ -352,6 +352,7 @@ def build_index(
         "model_spec": pipeline.spec,
         "tokenizer_spec": getattr(pipeline, "tokenizer_spec", None),
         "model_id": pipeline.model_id,
+        "compute_dtype": getattr(pipeline, "dtype_name", "fp32"),  # the encode dtype (fp32/bf16), not storage
         "dim": int(pipeline.dim),
         "num_frames": int(pipeline.num_frames),
         "image_size": int(pipeline.image_size),
