@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from clipvip.atomic import follow_umask, make_temp_dir
 from clipvip.config import CLIPViPConfig
 from clipvip.model.clipvip import CLIPViP
 
@@ -193,13 +193,14 @@ def save_pretrained(model: CLIPViP, directory: str | Path, tokenizer: Any = None
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = make_temp_dir(directory.parent, f".{directory.name}.")  # umask's mode, not mkdtemp's 0700
     try:
         model.config.to_json(tmp / CONFIG_FILE)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "library": "clipvip"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        follow_umask(tmp)  # safetensors writes 0600 whatever the umask
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             if old.exists():

@@ -24,13 +24,14 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from clipvip.atomic import make_temp_dir
 
 STATE_FILE = "trainer_state.pt"
 MARKER_FILE = "checkpoint.json"
@@ -125,7 +126,7 @@ def save_checkpoint(run_dir: str | Path, name: str, model: torch.nn.Module, toke
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
+    tmp = make_temp_dir(run_dir, f".{name}.tmp-")
     try:
         model.save_pretrained(tmp, tokenizer=tokenizer)
         if trainer_state is not None:
@@ -148,7 +149,7 @@ def copy_checkpoint(src: str | Path, run_dir: str | Path, name: str,
     keeping ``best/`` costs no extra disk space or time. Top-level entries named in ``exclude`` are left out.
     """
     src, run_dir = Path(src), Path(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
+    tmp = make_temp_dir(run_dir, f".{name}.tmp-")
     try:
         for item in src.iterdir():
             if item.name == MARKER_FILE or item.name in exclude:
