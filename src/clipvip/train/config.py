@@ -21,7 +21,7 @@ import yaml
 
 from clipvip.atomic import atomic_write_text  # used by TrainConfig.save; importable from here as before
 
-TASKS = ("retrieval", "pretrain")
+TASKS = ("retrieval", "pretrain", "image_text")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OCL_VARIANTS = ("a", "b", "c", "d", "vs")
 SELECT_ON = ("val", "test")
@@ -59,6 +59,11 @@ class DataSection:
     Relative paths are resolved against ``root`` when it is set, so one override (``data.root=...``) points a
     recipe at another copy of a dataset. ``generate_synthetic`` makes the tiny recipes self-contained: the
     synthetic world is generated at ``root`` when ``train`` is missing there.
+
+    ``cache`` decodes each clip once (:mod:`clipvip.data.cache`): ``memory``, ``memory:SIZE_MB`` or
+    ``disk:DIR`` (uint8 files, for real datasets); it needs ``sampling: uniform``. ``group_by`` names a
+    record field linking rows that must share a training batch (``twin``: the synthetic world's
+    reverse-order twins), drawn by :class:`~clipvip.train.sampler.GroupBatchSampler`.
     """
 
     task: str = "retrieval"
@@ -74,6 +79,8 @@ class DataSection:
     image_text_weight: float = 1.0
     eval_batch_size: int = 16
     generate_synthetic: bool = False
+    cache: str | None = None
+    group_by: str | None = None
 
     def resolve(self, path: str | None) -> str | None:
         """``path`` made absolute against ``root`` (unchanged when absolute or when no root is set)."""
@@ -90,7 +97,8 @@ class OptimSection:
     """AdamW and its schedule (reference §6.1: betas 0.9/0.98, eps 1e-6, warmup 1 % then cosine).
 
     ``epochs`` counts passes over the training annotations (one item per video); ``max_steps``, when set,
-    wins over ``epochs``. ``lr_mul`` multiplies the LR of parameters whose name contains ``lr_mul_prefix``
+    wins over ``epochs``. ``lr_mult`` maps name substrings to LR multipliers (``{temporal_embedding: 10}``,
+    each key its own parameter groups); ``lr_mul`` multiplies the LR of parameters whose name contains ``lr_mul_prefix``
     (DiDeMo B/16 uses 10x on ``logit_scale``).
     """
 
@@ -101,6 +109,7 @@ class OptimSection:
     warmup_ratio: float = 0.01
     lr_mul: float = 1.0
     lr_mul_prefix: str = ""
+    lr_mult: dict[str, float] = field(default_factory=dict)
     grad_clip: float = 1.0
     epochs: float = 1.0
     max_steps: int | None = None
@@ -251,6 +260,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, e.g. {{name: value}}, got {value!r}")
+        kt, vt = args if args else (str, Any)
+        return {_coerce(f"{key} (key)", k, kt): _coerce(f"{key}.{k}", v, vt) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")

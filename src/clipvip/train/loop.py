@@ -34,7 +34,7 @@ from torch import Tensor
 from clipvip.train import checkpoint as ckpt
 from clipvip.train.config import ConfigError, TrainConfig
 from clipvip.train.logging import JsonlLog, Scalars, flatten_metrics, write_json
-from clipvip.train.sampler import ResumableBatchSampler
+from clipvip.train.sampler import GroupBatchSampler, ResumableBatchSampler, groups_from_field
 from clipvip.train.wrapper import FeatureModel, move_to
 
 log = logging.getLogger("clipvip.train")
@@ -95,10 +95,23 @@ def build_datasets(cfg: TrainConfig, tokenizer: Any, image_size: int) -> dict[st
     train_path = d.resolve(d.train)
     if train_path is None or not Path(train_path).is_file():
         raise ConfigError(f"data.train: annotation file {train_path} not found")
+    from clipvip.data.cache import open_cache
+
+    try:
+        cache = open_cache(d.cache)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"data.cache={d.cache!r}: {exc}") from None
     common = dict(num_frames=cfg.model.num_frames, image_size=image_size, video_root=d.resolve(d.video_root),
-                  sampling=d.sampling, seed=cfg.run.seed)
+                  sampling=d.sampling, seed=cfg.run.seed, cache=cache)
+    if cache is not None and d.sampling not in ("uniform",):
+        raise ConfigError(f"data.cache={d.cache!r} needs data.sampling=uniform (data.sampling={d.sampling!r} "
+                          f"draws new frames every epoch; a cache would freeze them)")
     if d.task == "pretrain":
         train = D.PretrainDataset(train_path, **common)
+    elif d.task == "image_text":
+        # Stage 0 of the paper: an image-text CLIP; images (or a video's middle frame) are one-frame videos.
+        train = D.ImageTextDataset(train_path, image_size=image_size, video_root=d.resolve(d.video_root),
+                                   seed=cfg.run.seed, cache=cache)
     else:
         train = D.RetrievalTrainDataset(train_path, paragraph=d.paragraph, **common)
     out = {"train": train, "collate": D.Collator(tokenizer, cfg.model.max_length)}
@@ -107,7 +120,8 @@ def build_datasets(cfg: TrainConfig, tokenizer: Any, image_size: int) -> dict[st
         if path is None or not Path(path).is_file():
             raise ConfigError(f"data.image_text: annotation file {path} not found")
         out["image_text"] = D.ImageTextDataset(path, image_size=image_size, video_root=d.resolve(d.video_root),
-                                               seed=cfg.run.seed)
+                                               seed=cfg.run.seed, cache=cache)
+    out["cache"] = cache
     return out
 
 
@@ -179,7 +193,7 @@ def compute_loss(cfg: TrainConfig, feats: dict[str, Tensor], logit_scale: Tensor
         terms = dict(terms)
     else:
         total = losses.info_nce(f["video"], f["text"], logit_scale)
-        terms = {"vt": total}
+        terms = {"it" if cfg.data.task == "image_text" else "vt": total}
     if "image" in f:
         it = losses.info_nce(f["image"], f["image_text"], logit_scale)
         terms["image_text"] = it
@@ -258,8 +272,18 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
 
     data = build_datasets(cfg, tokenizer, image_size)
     train_ds = data["train"]
-    sampler = ResumableBatchSampler(len(train_ds), per_device, rank=rank, world_size=world,
-                                    seed=cfg.run.seed, shuffle=True, drop_last=True)
+    sampler: ResumableBatchSampler | GroupBatchSampler
+    if cfg.data.group_by:
+        # Rows linked by data.group_by (e.g. twin clips) share a batch; every row once per epoch.
+        try:
+            groups = groups_from_field(train_ds.records, cfg.data.group_by)
+        except ValueError as exc:
+            raise ConfigError(f"data.group_by={cfg.data.group_by!r} on {cfg.data.resolve(cfg.data.train)}: "
+                              f"{exc}") from None
+        sampler = GroupBatchSampler(groups, per_device, rank=rank, world_size=world, seed=cfg.run.seed)
+    else:
+        sampler = ResumableBatchSampler(len(train_ds), per_device, rank=rank, world_size=world,
+                                        seed=cfg.run.seed, shuffle=True, drop_last=True)
     # Private generators: creating a loader iterator draws a worker base seed, which must not disturb
     # the global RNG streams that a resume restores.
     loader_kw: dict[str, Any] = dict(collate_fn=data["collate"], num_workers=cfg.data.num_workers,
@@ -282,7 +306,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     warmup = warmup_steps_for(total_steps, cfg.optim.warmup_ratio)
     optimizer = build_optimizer(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                 betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, lr_mul=cfg.optim.lr_mul,
-                                lr_mul_prefix=cfg.optim.lr_mul_prefix)
+                                lr_mul_prefix=cfg.optim.lr_mul_prefix, lr_mult=cfg.optim.lr_mult)
     scheduler = build_scheduler(optimizer, warmup, total_steps, cfg.optim.schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
@@ -331,7 +355,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             max_length=cfg.model.max_length, batch_size=cfg.data.eval_batch_size, device=device,
             video_root=cfg.data.resolve(cfg.data.video_root), paragraph=cfg.data.paragraph, dsl=True,
             num_workers=cfg.data.num_workers, progress=cfg.run.progress, autocast_dtype=amp_dtype,
-            distributed=world > 1)
+            distributed=world > 1, cache=data.get("cache"))
 
     epoch_failures: list[tuple[str, str]] = list(state.get("epoch_failures", []))
 
