@@ -1,0 +1,119 @@
+"""Order-aware retrieval metrics for worlds of twin clips (a clip and its exact time reversal).
+
+R@K alone cannot tell *content* from *order*: a model that finds the right scene but cannot tell "A then
+B" from its reversal loses half its R@1 to the twin. Two numbers separate them:
+
+* :func:`order_accuracy`: over captions whose clip has a twin in the set, the percent that score their
+  own clip above the twin. An order-blind model reads **exactly 50.0**: its twins embed identically (up to
+  float summation-order noise, which the tolerance absorbs), every comparison is a tie, and a tie counts
+  half.
+* :func:`pair_recall_at_1`: order-blind retrieval, the percent of captions whose clip **or its twin** is
+  ranked first among all clips (ties with other clips broken pessimistically, as
+  :mod:`clipvip.metrics` does). It measures content alone.
+
+Conventions follow :mod:`clipvip.metrics`: ``sim[i, j]`` is text ``i`` against video ``j`` (rows texts,
+columns videos); ``text_to_video[i]`` is the column of text ``i``'s clip; ``twin[j]`` is the column of
+clip ``j``'s twin, or ``-1`` when it has none in the set. Results are percentages.
+
+**Tie tolerance.** Two scores ``a`` (own clip) and ``b`` (twin) tie when ``|a - b| <= tol * scale``, with
+``scale`` the largest ``|sim|`` in the matrix (so the test is the same for cosine similarities and for
+logits multiplied by a temperature). The default ``tol = 1e-5`` is about 100 float32 ulps of the largest
+score: far above the noise of summing the same frame features in another order (a few ulps), far below
+any difference a trained model makes on purpose (an order-aware model's margins are 1e-3 and up).
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+__all__ = ["DEFAULT_TOL", "order_accuracy", "order_outcomes", "pair_recall_at_1", "twin_columns"]
+
+DEFAULT_TOL = 1e-5
+"""Relative tie tolerance of :func:`order_accuracy` (see the module doc)."""
+
+
+def _inputs(sim: Any, text_to_video: Sequence[int], twin: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sim`` as a float64 CPU tensor and the two index lists as int64 tensors, all checked."""
+    s = torch.as_tensor(sim).detach().to("cpu", torch.float64)
+    if s.dim() != 2:
+        raise ValueError(f"similarity matrix must be 2-D [texts, videos], got shape {tuple(s.shape)}")
+    if s.numel() and bool(torch.isnan(s).any()):
+        raise ValueError("similarity matrix contains NaN")
+    n_texts, n_videos = s.shape
+    t2v = torch.as_tensor(np.asarray(text_to_video, dtype=np.int64)).reshape(-1)
+    tw = torch.as_tensor(np.asarray(twin, dtype=np.int64)).reshape(-1)
+    if t2v.numel() != n_texts:
+        raise ValueError(f"text_to_video has {t2v.numel()} entries but the matrix has {n_texts} texts (rows)")
+    if tw.numel() != n_videos:
+        raise ValueError(f"twin has {tw.numel()} entries but the matrix has {n_videos} videos (columns)")
+    if t2v.numel() and (int(t2v.min()) < 0 or int(t2v.max()) >= n_videos):
+        raise ValueError(f"text_to_video entries must be in [0, {n_videos})")
+    if tw.numel() and (int(tw.min()) < -1 or int(tw.max()) >= n_videos):
+        raise ValueError(f"twin entries must be -1 (no twin) or in [0, {n_videos})")
+    paired = tw >= 0
+    cols = torch.arange(n_videos)
+    if bool((tw[paired] == cols[paired]).any()):
+        raise ValueError("a clip cannot be its own twin")
+    if bool((tw[tw[paired]] != cols[paired]).any()):
+        raise ValueError("twin must be symmetric: twin[twin[j]] == j for every clip with a twin")
+    return s, t2v, tw
+
+
+def twin_columns(video_ids: Sequence[str], twin_ids: Sequence[str | None]) -> list[int]:
+    """``twin`` for the functions here from record fields: the column of each video's twin id (``-1``
+    when it has none or its twin is not among ``video_ids``, e.g. in another split)."""
+    col = {str(v): j for j, v in enumerate(video_ids)}
+    if len(col) != len(video_ids):
+        raise ValueError("video ids must be unique")
+    return [col.get(str(t), -1) if t else -1 for t in twin_ids]
+
+
+def order_outcomes(sim: Any, text_to_video: Sequence[int], twin: Sequence[int], tol: float = DEFAULT_TOL) -> np.ndarray:
+    """Per text: 1.0 (own clip above its twin), 0.5 (tie within ``tol``), 0.0 (below), NaN (no twin)."""
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    s, t2v, tw = _inputs(sim, text_to_video, twin)
+    out = np.full(s.shape[0], np.nan)
+    if not s.numel():
+        return out
+    scale = float(s.abs().max())
+    rows = torch.arange(s.shape[0])
+    rival = tw[t2v]
+    has = rival >= 0
+    own = s[rows[has], t2v[has]]
+    other = s[rows[has], rival[has]]
+    diff = own - other
+    won = torch.where(diff.abs() <= tol * scale, 0.5, torch.where(diff > 0, 1.0, 0.0))
+    out[has.numpy()] = won.numpy()
+    return out
+
+
+def order_accuracy(sim: Any, text_to_video: Sequence[int], twin: Sequence[int], tol: float = DEFAULT_TOL) -> float:
+    """Twin-pair order accuracy in percent: how often a caption scores its own clip above the clip's time
+    reversal, ties within ``tol`` (relative to the largest ``|sim|``) counting half, so an order-blind
+    model reads exactly 50.0. Texts whose clip has no twin in the set are left out; NaN when none has."""
+    outcomes = order_outcomes(sim, text_to_video, twin, tol)
+    valid = outcomes[~np.isnan(outcomes)]
+    return float(100.0 * valid.mean()) if valid.size else float("nan")
+
+
+def pair_recall_at_1(sim: Any, text_to_video: Sequence[int], twin: Sequence[int]) -> float:
+    """Order-blind text->video R@1 in percent: a hit when the caption's clip or its twin scores strictly
+    above every other clip (a tie with a third clip is a miss, the pessimistic rule of
+    :mod:`clipvip.metrics`). Clips without a twin count as ordinary R@1. NaN for an empty matrix."""
+    s, t2v, tw = _inputs(sim, text_to_video, twin)
+    if not s.shape[0]:
+        return float("nan")
+    rows = torch.arange(s.shape[0])
+    rival = tw[t2v]
+    own = s[rows, t2v]
+    pair_cols = torch.where(rival >= 0, rival, t2v)
+    best = torch.maximum(own, s[rows, pair_cols])
+    others = s.clone()
+    others[rows, t2v] = -torch.inf
+    others[rows, pair_cols] = -torch.inf
+    hit = others.max(dim=1).values < best  # with no other clip, the max is -inf: a hit
+    return float(100.0 * hit.double().mean())
