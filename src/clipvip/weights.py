@@ -76,7 +76,7 @@ def inflate(
     Whatever the source had for ``added_cls``/``temporal_embedding`` is dropped: those are the new parts.
 
     ``logit_scale`` (log space) defaults to the source's own value, or ``config.logit_scale_init`` if it
-    has none; :func:`from_clip` passes ``config.logit_scale_init`` (ln 100), as the official wrapper resets it.
+    has none; :func:`from_clip` passes ``config.logit_scale_init`` (4.60), as the official wrapper resets it.
     """
     model = CLIPViP(config)
     own = model.state_dict()
@@ -100,7 +100,7 @@ def from_clip(name_or_dir: str | Path, **overrides: Any) -> CLIPViP:
     """Start CLIP-ViP from transformers CLIP weights (a hub name, or a local dir: then fully offline).
 
     The weights go through :func:`inflate`, with ``logit_scale`` reset to ``config.logit_scale_init``
-    (ln 100) as the official VidCLIP wrapper does (reference §1.9). ``overrides`` go to
+    (4.60) as the official VidCLIP wrapper does (reference §1.9). ``overrides`` go to
     :meth:`CLIPViPConfig.from_hf`. A hub name that is neither cached nor reachable fails at once (see
     :func:`clipvip.tokenizer.resolve_hub_name`) instead of after transformers' minute and a half of retries.
     """
