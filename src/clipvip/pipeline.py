@@ -270,13 +270,16 @@ def load(
         model.set_attention(attention)
     tok_obj, tok_spec = _resolve_tokenizer(tokenizer, tok_spec, kind, spec_str, path)
     cfg = model.config
-    n_frames = int(num_frames or cfg.temporal_size)
+    n_frames, frames_source = recorded_frames(cfg, num_frames)
     if n_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {n_frames}")
+    if frames_source == "recorded":
+        log.info("using %d frames (%s sampling) recorded in the model's config.json (what it was validated "
+                 "with); pass num_frames / --num-frames to change", n_frames, cfg.frames.eval_sampling or "uniform")
     ctx = int(max_length or cfg.text.max_position_embeddings)
     model.to(device).eval()
     model_id = fingerprint(model, num_frames=n_frames, image_size=cfg.vision.image_size)
-    return VideoTextPipeline(
+    pipe = VideoTextPipeline(
         model,
         tok_obj,
         num_frames=n_frames,
@@ -287,6 +290,20 @@ def load(
         tokenizer_spec=tok_spec,
         device=device,
     )
+    pipe.frames_source = frames_source
+    return pipe
+
+
+def recorded_frames(config: Any, num_frames: int | None = None) -> tuple[int, str]:
+    """Frames to sample per video and where the number came from: ``num_frames`` when given ("given"),
+    else the frames the model was validated with, recorded in its config by the trainer ("recorded"),
+    else the architecture's temporal size ("temporal_size")."""
+    if num_frames is not None:
+        return int(num_frames), "given"
+    frames = getattr(config, "frames", None)
+    if frames is not None and frames.eval_num_frames:
+        return int(frames.eval_num_frames), "recorded"
+    return int(config.temporal_size), "temporal_size"
 
 
 def fingerprint(model: torch.nn.Module, **extra: Any) -> str:

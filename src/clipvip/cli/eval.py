@@ -22,7 +22,8 @@ def register(subparsers: Any) -> None:
     p.add_argument("--dsl", action="store_true", help="also report dual-softmax (DSL) re-scored tables")
     p.add_argument("--out", default=None, help="write the results as JSON to this file (atomically)")
     p.add_argument("--num-frames", type=int, default=None,
-                   help="frames sampled per video (default: the model's temporal size, 12)")
+                   help="frames sampled per video (default: the frames recorded in the model's config.json by "
+                        "training, else the model's temporal size, 12)")
     p.add_argument("--batch-size", type=int, default=16, help="videos encoded per batch (default 16)")
     p.add_argument("--paragraph", action="store_true",
                    help="paragraph protocol: join each video's sentences into one query (DiDeMo, ActivityNet)")
@@ -74,6 +75,8 @@ def _handler(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise CLIError(f"--data {data}: {exc}") from None
     tables = {k: v for k, v in res.items() if isinstance(v, dict)}
+    if getattr(pipe, "frames_source", None) == "recorded":
+        print(f"using {pipe.num_frames} frames recorded in the model (what it was validated with; --num-frames to change)")
     print(f"{res['num_texts']} texts x {res['num_videos']} videos, model {args.model}")
     print(format_table(tables))
     if res["failures"]:

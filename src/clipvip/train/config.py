@@ -195,8 +195,12 @@ class TrainConfig:
                 f"model.init={self.model.init!r} must be 'config:NAME', 'clip:NAME_OR_DIR', "
                 f"'official:FILE.pt' or 'pretrained:DIR'"
             )
-        kind = self.model.init.split(":", 1)[0]
+        kind, _, ref = self.model.init.partition(":")
         _choice("model.init (prefix)", kind, ("config", "clip", "official", "pretrained"))
+        if not ref.strip():
+            raise ConfigError(f"model.init={self.model.init!r} names nothing after '{kind}:' (e.g. "
+                              f"config:clipvip-tiny, clip:openai/clip-vit-base-patch32, official:FILE.pt, "
+                              f"pretrained:runs/x/best)")
         for key, value in (("run.global_batch_size", self.run.global_batch_size),
                            ("model.num_frames", self.model.num_frames),
                            ("model.max_length", self.model.max_length),
