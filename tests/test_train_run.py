@@ -281,3 +281,48 @@ def test_pretraining_ocl_with_image_text_frozen_text_and_checkpointing(world: Pa
     acc.Reload()
     tags = set(acc.Tags()["scalars"])
     assert {"train/loss", "train/loss_vsc", "train/loss_fc", "train/loss_image_text", "train/lr"} <= tags
+
+
+@pytest.mark.slow
+def test_group_sampler_cache_and_lr_mult_in_the_trainer_resume_exactly(world: Path, tmp_path: Path) -> None:
+    """``data.group_by=twin`` + ``data.cache=memory`` + ``optim.lr_mult``: an interrupted and resumed run ends
+    with the same parameters as an uninterrupted one, and the optimiser state holds the multiplied group."""
+    from clipvip.model.clipvip import CLIPViP
+    from clipvip.train.checkpoint import load_trainer_state
+    from clipvip.train.loop import train
+
+    common = ["optim.max_steps=5", "run.save_every=2", "run.eval_every=1000", "data.test=null",
+              "data.group_by=twin", "data.cache=memory", "data.sampling=uniform",
+              "optim.lr_mult={temporal_embedding: 10}"]
+    train(tiny_cfg(world, tmp_path / "full", *common))
+    cut = tmp_path / "cut"
+    train(tiny_cfg(world, cut, *common), stop_after_steps=2)
+    train(tiny_cfg(world, cut, *common))
+    a = _params(CLIPViP.from_pretrained(tmp_path / "full" / "last"))
+    b = _params(CLIPViP.from_pretrained(cut / "last"))
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], rtol=0, atol=1e-6, msg=k)
+    groups = load_trainer_state(tmp_path / "full" / "last")["optimizer"]["param_groups"]
+    lrs = {g["lr_mult_key"]: g["initial_lr"] for g in groups}
+    assert lrs["temporal_embedding"] == pytest.approx(10 * lrs[""])
+
+
+@pytest.mark.slow
+def test_image_text_task_trains_stage_zero(world: Path, tmp_path: Path) -> None:
+    """``data.task=image_text`` trains on images.jsonl (PNG middle frames as one-frame videos)."""
+    from clipvip.train.loop import train
+
+    res = train(tiny_cfg(world, tmp_path / "it", "data.task=image_text", "data.train=images.jsonl",
+                         "data.val=null", "data.test=null", "optim.max_steps=3", "data.sampling=uniform",
+                         "data.cache=memory"))
+    assert res["steps"] == 3 and res["final_loss"] is not None and res["final_loss"] > 0
+    assert (tmp_path / "it" / "last" / "model.safetensors").is_file()
+
+
+def test_cache_with_random_sampling_is_a_config_error(world: Path, tmp_path: Path) -> None:
+    from clipvip.train.config import ConfigError
+    from clipvip.train.loop import build_datasets
+
+    cfg = tiny_cfg(world, tmp_path / "x", "data.cache=memory", "data.sampling=jitter")
+    with pytest.raises(ConfigError, match="data.sampling=uniform"):
+        build_datasets(cfg, tokenizer=None, image_size=32)
