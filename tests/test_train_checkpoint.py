@@ -341,3 +341,66 @@ def test_cli_errors_are_one_line_exit_2(world: Path, tmp_path: Path, capsys: pyt
         err = capsys.readouterr().err
         assert needle in err and "Traceback" not in err and err.count("\n") == 1, err
     assert not (tmp_path / "run").exists()
+
+
+# ------------------------------------------------------------------------------------------ synthetic world
+def _gen_cfg(root: Path, *extra: str):
+    from clipvip.train.config import load_config
+
+    return load_config(REPO / "configs" / "synthetic_finetune.yaml", [f"data.root={root}", *extra])
+
+
+@pytest.fixture()
+def fake_world(monkeypatch: pytest.MonkeyPatch) -> list[Path]:
+    """Replace the generator by one that writes the world's annotation files (and records its calls)."""
+    from clipvip.data import synthetic
+
+    calls: list[Path] = []
+
+    def generate_world(out_dir: str | Path, **kw: object) -> None:
+        calls.append(Path(out_dir))
+        for name in ("train", "val", "test", "pretrain", "images"):
+            (Path(out_dir) / f"{name}.jsonl").write_text("{}\n")
+
+    monkeypatch.setattr(synthetic, "generate_world", generate_world)
+    return calls
+
+
+def test_synthetic_world_is_generated_only_into_its_own_or_an_empty_folder(tmp_path: Path,
+                                                                            fake_world: list[Path]) -> None:
+    from clipvip.atomic import is_owned
+    from clipvip.train.config import ConfigError
+    from clipvip.train.loop import SYNTHETIC_OWNER, maybe_generate_synthetic
+
+    new = tmp_path / "new"
+    maybe_generate_synthetic(_gen_cfg(new))
+    assert fake_world == [new] and is_owned(new, SYNTHETIC_OWNER)
+    maybe_generate_synthetic(_gen_cfg(new))  # complete: nothing to do
+    assert len(fake_world) == 1
+    (new / "train.jsonl").unlink()  # our own world, incomplete: finished
+    maybe_generate_synthetic(_gen_cfg(new))
+    assert len(fake_world) == 2
+
+    # A real dataset folder without train.jsonl: nothing is written into it.
+    dataset = tmp_path / "msrvtt"
+    dataset.mkdir()
+    for name, text in (("val.jsonl", "mine\n"), ("test.jsonl", "mine too\n")):
+        (dataset / name).write_text(text)
+    with pytest.raises(ConfigError, match=r"data.train='train.jsonl'.*holds files the synthetic world did not create"):
+        maybe_generate_synthetic(_gen_cfg(dataset))
+    assert sorted(p.name for p in dataset.iterdir()) == ["test.jsonl", "val.jsonl"]
+    assert (dataset / "val.jsonl").read_text() == "mine\n"
+    assert len(fake_world) == 2
+
+
+def test_a_misspelt_data_train_is_an_error_not_a_regeneration(tmp_path: Path, fake_world: list[Path]) -> None:
+    from clipvip.train.config import ConfigError
+    from clipvip.train.loop import maybe_generate_synthetic
+
+    world = tmp_path / "world"
+    maybe_generate_synthetic(_gen_cfg(world))
+    (world / "videos").mkdir()
+    (world / "videos" / "v0.mp4").write_bytes(b"precious")
+    with pytest.raises(ConfigError, match=rf"data.train='trian.jsonl': {world / 'trian.jsonl'} not found"):
+        maybe_generate_synthetic(_gen_cfg(world, "data.train=trian.jsonl"))
+    assert len(fake_world) == 1 and (world / "videos" / "v0.mp4").read_bytes() == b"precious"
