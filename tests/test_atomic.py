@@ -97,3 +97,18 @@ def test_replace_only_folders_we_marked(tmp_path: Path) -> None:
     (tmp_path / "file").write_text("x")
     with pytest.raises(FileExistsError, match="not a folder"):
         atomic.check_replaceable(tmp_path / "file", "clipvip demo")
+
+
+def test_demo_out_never_replaces_folders_it_did_not_write(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from clipvip.cli import main
+    from clipvip.demo.run import DEMO_FOLDERS
+
+    out = tmp_path / "demo"
+    for name in DEMO_FOLDERS:
+        (out / name).mkdir(parents=True)
+        (out / name / "mine.txt").write_text(name)
+    assert main(["demo", "--out", str(out), "--quick", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "--out" in err and "was not written by clipvip demo" in err and err.count("\n") == 1
+    for name in DEMO_FOLDERS:  # refused before any work: everything is still there
+        assert sorted(p.name for p in (out / name).iterdir()) == ["mine.txt"]

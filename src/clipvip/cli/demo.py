@@ -46,6 +46,9 @@ def handler(args: argparse.Namespace) -> int:
         raise CLIError(f"--threads must be >= 1, got {args.threads}")
     from clipvip.demo import run_demo
 
-    results = run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
-                       threads=args.threads)
+    try:
+        results = run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
+                           threads=args.threads)
+    except FileExistsError as exc:  # a sub-folder of --out the demo did not write: nothing was replaced
+        raise CLIError(f"--out {out}: {exc}") from None
     return 0 if results.get("main") else 1

@@ -32,6 +32,7 @@ from typing import Any, Callable
 
 import torch
 
+from clipvip.atomic import check_replaceable, mark_owned, remove_owned
 from clipvip.demo.settings import DemoSettings, preset
 
 Echo = Callable[[str], None]
@@ -194,6 +195,18 @@ def _curve(history: list[dict[str, Any]]) -> list[tuple[int, float]]:
     return [(int(h["step"]), float(h["metrics"]["t2v"]["R1"])) for h in history if h.get("metrics")]
 
 
+DEMO_OWNER = "clipvip demo"
+#: The sub-folders of ``--out`` the demo writes; each carries the demo's marker and only such are replaced.
+DEMO_FOLDERS = ("world", "runs", "model", "test_videos", "index")
+
+
+def _fresh_owned(folder: Path) -> None:
+    """Replace ``folder`` (absent, empty or the demo's own) by an empty folder carrying the demo's marker."""
+    remove_owned(folder, DEMO_OWNER)
+    folder.mkdir(parents=True)
+    mark_owned(folder, DEMO_OWNER)
+
+
 def run_demo(
     out_dir: str | Path,
     quick: bool = False,
@@ -217,6 +230,8 @@ def run_demo(
     echo = echo or (lambda msg: print(msg, flush=True))
     settings = settings or preset(quick)
     out = Path(out_dir).resolve()
+    for name in DEMO_FOLDERS:  # refuse before any work: only folders an earlier demo wrote are replaced
+        check_replaceable(out / name, DEMO_OWNER)
     out.mkdir(parents=True, exist_ok=True)
     old_threads = torch.get_num_threads()
     if threads:
@@ -238,8 +253,7 @@ def run_demo(
         t = _header(echo, clock, f"Generating the synthetic world ({settings.num_videos} videos, "
                                  f"{settings.image_size}x{settings.image_size}, {settings.num_frames} frames)")
         for name in ("world", "runs"):
-            if (out / name).exists():
-                shutil.rmtree(out / name)
+            _fresh_owned(out / name)
         world = build_world(out / "world", settings, seed, progress)
         results["world"] = world.info
         echo("   " + ", ".join(f"{k} {v}" for k, v in world.info.items() if k != "root"))
@@ -346,9 +360,9 @@ def run_demo(
 
         # ------------------------------------------------------------------ model out
         model_dir = out / "model"
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
+        remove_owned(model_dir, DEMO_OWNER)
         final_model.save_pretrained(model_dir, tokenizer=world.tokenizer)
+        mark_owned(model_dir, DEMO_OWNER)
         results["model_dir"] = str(model_dir)
 
         # ------------------------------------------------------------------ ablation: OCL variants
@@ -450,14 +464,11 @@ def search_demo(out: Path, model_dir: Path, world: Any, settings: DemoSettings, 
     from clipvip.search.service import SearchService
 
     videos = out / "test_videos"
-    if videos.exists():
-        shutil.rmtree(videos)
-    videos.mkdir(parents=True)
+    _fresh_owned(videos)
     for rec in world.split_records["test"]:
         shutil.copy2(rec["video"], videos / Path(rec["video"]).name)
     index_dir = out / "index"
-    if index_dir.exists():
-        shutil.rmtree(index_dir)
+    _fresh_owned(index_dir)
     pipeline = load(str(model_dir), device="cpu")
     stats = build_index(videos, index_dir, pipeline, batch_size=16, progress=progress, echo=echo)
     service = SearchService(index_dir, pipeline)
