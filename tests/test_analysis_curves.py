@@ -180,3 +180,27 @@ def test_curve_finetune_mode_on_synthetic_world(world_and_checkpoints, tmp_path)
         assert r["output_dir"].startswith(str(out / "runs" / "synthetic"))
     with Image.open(out / "curve.png") as im:
         assert im.size == (640, 480)
+
+
+def test_zero_shot_uses_the_frames_recorded_in_the_checkpoint(world_and_checkpoints, tmp_path, monkeypatch):
+    """A checkpoint validated on 3 frames is evaluated on 3, not the recipe's 4, unless frames are given."""
+    from clipvip.analysis import curves
+    from clipvip.config import FrameRecord
+    from clipvip.model.clipvip import CLIPViP
+    from clipvip.tokenizer import load_tokenizer
+    from clipvip.train import evaluate as ev
+    from clipvip.train.config import load_config
+
+    _world, run, recipe = world_and_checkpoints
+    model = CLIPViP.from_pretrained(run / "step_000100")
+    model.config.frames = FrameRecord(train_num_frames=3, train_sampling="jitter", eval_num_frames=3,
+                                      eval_sampling="uniform")
+    model.save_pretrained(tmp_path / "m", tokenizer=load_tokenizer(run / "step_000100"))
+    seen = []
+    monkeypatch.setattr(ev, "evaluate_retrieval", lambda *a, **k: seen.append(k["num_frames"]) or {})
+    ref = curves.CheckpointRef(run="r", step=0, path=str(tmp_path / "m"))
+    curves.zero_shot_evaluator(load_config(recipe), device="cpu")(ref)
+    curves.zero_shot_evaluator(load_config(recipe, ["model.num_frames=5"]), device="cpu", frames_given=True)(ref)
+    plain = curves.CheckpointRef(run="r", step=0, path=str(run / "step_000100"))  # nothing recorded
+    curves.zero_shot_evaluator(load_config(recipe), device="cpu")(plain)
+    assert seen == [3, 5, 4]
