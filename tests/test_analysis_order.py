@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from clipvip.analysis.order import (DEFAULT_TOL, order_accuracy, order_outcomes, pair_recall_at_1,
-                                    twin_columns)
+from clipvip.analysis.order import (DEFAULT_TOL, fair_recall_at_1, order_accuracy, order_outcomes,
+                                    pair_recall_at_1, twin_columns)
 
 # Four clips in two twin pairs (0, 1) and (2, 3); text i belongs to clip i.
 SIM = [[0.9, 0.1, 0.3, 0.2],
@@ -113,7 +113,23 @@ def test_frame_mean_pooling_is_exactly_order_blind_on_decoded_twins(decoded_worl
     rows = torch.arange(len(t2v))
     gap = (sim[rows, t2v] - sim[rows, torch.tensor(twin)[t2v]]).abs().max()
     assert float(gap) <= DEFAULT_TOL * float(sim.abs().max()) / 10
+    # Order-blind: whenever the pair is on top, own clip and twin tie, so fair R@1 is half of pair R@1.
+    assert fair_recall_at_1(sim, t2v) == pytest.approx(pair_recall_at_1(sim, t2v, twin) / 2)
     # Control: proxy attention with a nonzero temporal table does tell twins apart.
     model.set_attention("proxy")
     outcomes = order_outcomes(_similarity(model, clips, tokens), t2v, twin)
     assert not np.any(outcomes == 0.5)
+
+
+def test_fair_recall_hand_worked():
+    # text 0: 0.9 alone on top -> 1; text 1: own 0.5 below 0.6 -> 0; text 2: own 0.2 below 0.3 -> 0;
+    # text 3: own 0.7000001 and 0.7 tie within tol but 0.8 is on top -> 0.
+    assert fair_recall_at_1(SIM, T2V) == 25.0
+    # Own clip tied with its twin for first place: half a hit; three-way tie: a third.
+    sim = [[0.5, 0.5, 0.1], [0.4, 0.4 + 1e-8, 0.4], [0.0, 0.2, 0.3]]
+    assert fair_recall_at_1(sim, [0, 0, 2]) == pytest.approx(100 * (0.5 + 1 / 3 + 1) / 3)
+    assert fair_recall_at_1(sim, [0, 0, 2], tol=0.0) == pytest.approx(100 * (0.5 + 0 + 1) / 3)
+    # Plain R@1 of clipvip.metrics (pessimistic) on the same matrix counts both ties as misses.
+    from clipvip.metrics import retrieval_metrics
+
+    assert retrieval_metrics(torch.tensor(sim), [0, 0, 2])["R1"] == pytest.approx(100 / 3)

@@ -75,6 +75,14 @@ def test_validate_attention_accepts_the_schema_and_names_problems():
         validate_attention(_attention(seeds=(0, 0, 1)))
     with pytest.raises(ResultsSchemaError, match="seeds"):
         validate_attention({"seeds": [], "modes": {}})
+    # The optional tie-fair R@1 is checked when present, like the required metrics.
+    ok = _attention()
+    for mode in ok["modes"].values():
+        mode["t2v_R1_fair"] = [x + 1 for x in mode["t2v_R1"]]
+    validate_attention(ok)
+    ok["modes"]["full"]["t2v_R1_fair"] = [1.0]
+    with pytest.raises(ResultsSchemaError, match="modes.full.t2v_R1_fair has 1 values"):
+        validate_attention(ok)
     # Survives a JSON round trip unchanged (the stable results.json section).
     assert validate_attention(json.loads(json.dumps(_attention()))) == _attention()
 
@@ -141,6 +149,15 @@ def test_claims_from_hand_made_results():
     # b beats d clearly -> "d is best" is not supported.
     results["ocl_ablation"]["b"]["finetuned_test"] = _metrics(40.0)
     assert {c["id"]: c for c in evaluate_claims(results)}["ocl_d_best"]["verdict"] == NOT_SUPPORTED
+    # With the tie-fair R@1 present, the claim is also judged on it (proxy - frame = 1, 5, 2: mean 2.67,
+    # sd 2.08, se 1.20, interval [0.26, 5.07] above 0, every seed positive, m >= 1 -> supported).
+    att = _attention()
+    att["modes"]["proxy"]["t2v_R1_fair"] = [22.0, 27.0, 23.0]
+    att["modes"]["frame"]["t2v_R1_fair"] = [21.0, 22.0, 21.0]
+    fair = {c["id"]: c for c in evaluate_claims({"attention": att})}["proxy_vs_frame_fair"]
+    assert fair["verdict"] == SUPPORTED and fair["effect"]["mean"] == pytest.approx(8 / 3)
+    att["modes"]["proxy"]["t2v_R1_fair"] = [21.0, 27.0, 21.0]  # 0, 5, 0: a seed without gain
+    assert {c["id"]: c for c in evaluate_claims({"attention": att})}["proxy_vs_frame_fair"]["verdict"] == WITHIN_NOISE
     # Missing sections are listed, not guessed.
     sparse = {c["id"]: c for c in evaluate_claims({"attention": _attention()})}
     assert sparse["ocl_d_best"]["verdict"] == "not measured"

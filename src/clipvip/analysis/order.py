@@ -7,6 +7,12 @@ B" from its reversal loses half its R@1 to the twin. Two numbers separate them:
   own clip above the twin. An order-blind model reads **exactly 50.0**: its twins embed identically (up to
   float summation-order noise, which the tolerance absorbs), every comparison is a tie, and a tie counts
   half.
+* :func:`fair_recall_at_1`: plain text->video R@1 with ties *within the tolerance* at the top broken
+  uniformly at random (expected value): a caption whose clip ties with its twin for first place scores
+  0.5. :mod:`clipvip.metrics` breaks exact ties pessimistically (a tie is a miss), which is right for a
+  collapsed model but, on twins, turns an order-blind model's float-exact ties (15-35 % of captions for
+  a frame-mean-pooling model, the rest differing by an ulp and falling either way) into misses. Compare
+  order-blind and order-aware models on this number, or on R@1 *and* this number.
 * :func:`pair_recall_at_1`: order-blind retrieval, the percent of captions whose clip **or its twin** is
   ranked first among all clips (ties with other clips broken pessimistically, as
   :mod:`clipvip.metrics` does). It measures content alone.
@@ -29,22 +35,26 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-__all__ = ["DEFAULT_TOL", "order_accuracy", "order_outcomes", "pair_recall_at_1", "twin_columns"]
+__all__ = ["DEFAULT_TOL", "fair_recall_at_1", "order_accuracy", "order_outcomes", "pair_recall_at_1", "twin_columns"]
 
 DEFAULT_TOL = 1e-5
 """Relative tie tolerance of :func:`order_accuracy` (see the module doc)."""
 
 
-def _inputs(sim: Any, text_to_video: Sequence[int], twin: Sequence[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """``sim`` as a float64 CPU tensor and the two index lists as int64 tensors, all checked."""
-    s = torch.as_tensor(sim).detach().to("cpu", torch.float64)
+def _inputs(sim: Any, text_to_video: Sequence[int], twin: Sequence[int] | None
+            ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``sim`` as a float64 CPU tensor and the two index lists as int64 tensors, all checked (``twin=None``:
+    no clip has a twin)."""
+    # Lists go through numpy so Python floats keep float64 (torch.as_tensor would round them to float32).
+    s = (sim.detach() if isinstance(sim, torch.Tensor) else torch.from_numpy(np.asarray(sim, dtype=np.float64)))
+    s = s.to("cpu", torch.float64)
     if s.dim() != 2:
         raise ValueError(f"similarity matrix must be 2-D [texts, videos], got shape {tuple(s.shape)}")
     if s.numel() and bool(torch.isnan(s).any()):
         raise ValueError("similarity matrix contains NaN")
     n_texts, n_videos = s.shape
     t2v = torch.as_tensor(np.asarray(text_to_video, dtype=np.int64)).reshape(-1)
-    tw = torch.as_tensor(np.asarray(twin, dtype=np.int64)).reshape(-1)
+    tw = torch.as_tensor(np.asarray([-1] * n_videos if twin is None else twin, dtype=np.int64)).reshape(-1)
     if t2v.numel() != n_texts:
         raise ValueError(f"text_to_video has {t2v.numel()} entries but the matrix has {n_texts} texts (rows)")
     if tw.numel() != n_videos:
@@ -117,3 +127,21 @@ def pair_recall_at_1(sim: Any, text_to_video: Sequence[int], twin: Sequence[int]
     others[rows, pair_cols] = -torch.inf
     hit = others.max(dim=1).values < best  # with no other clip, the max is -inf: a hit
     return float(100.0 * hit.double().mean())
+
+
+def fair_recall_at_1(sim: Any, text_to_video: Sequence[int], tol: float = DEFAULT_TOL) -> float:
+    """Text->video R@1 in percent with ties at the top broken at random (expected value): a caption scores
+    ``1 / k`` when its clip is one of the ``k`` clips within ``tol * max|sim|`` of the row's best score,
+    else 0. Equals plain R@1 when nothing ties; an order-blind model whose clip ties with its twin gets
+    0.5 per such caption instead of the pessimistic 0 (or a coin flip decided by float rounding)."""
+    if not tol >= 0:
+        raise ValueError(f"tol must be >= 0, got {tol}")
+    s, t2v, _ = _inputs(sim, text_to_video, None)
+    if not s.shape[0]:
+        return float("nan")
+    band = tol * float(s.abs().max())
+    best = s.max(dim=1, keepdim=True).values
+    top = s >= best - band
+    rows = torch.arange(s.shape[0])
+    credit = torch.where(top[rows, t2v], 1.0 / top.sum(dim=1).double(), torch.zeros(s.shape[0], dtype=torch.float64))
+    return float(100.0 * credit.mean())
