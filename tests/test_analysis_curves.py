@@ -204,3 +204,21 @@ def test_zero_shot_uses_the_frames_recorded_in_the_checkpoint(world_and_checkpoi
     plain = curves.CheckpointRef(run="r", step=0, path=str(run / "step_000100"))  # nothing recorded
     curves.zero_shot_evaluator(load_config(recipe), device="cpu")(plain)
     assert seen == [3, 5, 4]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--checkpoints", "{missing}", "--finetune", "{recipe}"], "--checkpoints"),
+    (["--checkpoints", "{empty}", "--finetune", "{missing}"], "--finetune"),
+    (["--checkpoints", "{empty}", "--finetune", "{recipe}", "optim.lr=nan"], "optim.lr must be a finite number"),
+    (["--checkpoints", "{empty}", "--finetune", "{recipe}", "--label", "a", "--label", "b"], "--label"),
+    (["--checkpoints", "{empty}", "--finetune", "{recipe}", "--device", "gpu0"], "--device gpu0"),
+])
+def test_curve_cli_errors_are_one_line_exit_2(tmp_path, capsys, argv, needle):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  init: config:clipvip-tiny\n")
+    (tmp_path / "empty").mkdir()
+    fill = {"missing": str(tmp_path / "nope"), "recipe": str(recipe), "empty": str(tmp_path / "empty")}
+    args = [a.format(**fill) for a in argv]
+    assert cli_main(["curve", *args, "--out", str(tmp_path / "out"), "--zero-shot"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err
