@@ -91,11 +91,11 @@ QUICK = DemoSettings(
     num_videos=192,
     image_steps=100,
     pretrain_steps=100,
-    finetune_steps=120,
-    eval_every=40,
+    finetune_steps=150,
+    eval_every=50,
     attention_seeds=2,
-    ocl_pretrain_steps=40,
-    ocl_finetune_steps=30,
+    ocl_pretrain_steps=30,
+    ocl_finetune_steps=20,
 )
 
 
