@@ -93,6 +93,8 @@ def _brief(metrics: dict[str, Any]) -> str:
         parts.append(f"order acc {metrics['order']['acc']:.1f}")
     if "pair" in metrics:
         parts.append(f"pair R@1 {metrics['pair']['R1']:.1f}")
+    if "fair" in metrics:
+        parts.append(f"R@1 ties 1/k {metrics['fair']['R1']:.1f}")
     return ", ".join(parts)
 
 
@@ -188,6 +190,11 @@ class Runner:
         out = {k: v for k, v in res.items() if isinstance(v, dict)}
         out["order"] = {"acc": order_accuracy(sim, t2v, twin)}
         out["pair"] = {"R1": pair_recall_at_1(sim, t2v, twin)}
+        try:  # R@1 with ties at the top counted 1/k (frame mean pooling ties twins exactly)
+            from clipvip.analysis.order import fair_recall_at_1
+        except ImportError:  # pragma: no cover - older analysis package
+            return out
+        out["fair"] = {"R1": fair_recall_at_1(sim, t2v)}
         return out
 
 
@@ -335,6 +342,8 @@ def run_demo(
                 "t2v_R1": [m["t2v"]["R1"] for m in ms], "v2t_R1": [m["v2t"]["R1"] for m in ms],
                 "order_acc": [m["order"]["acc"] for m in ms], "pair_R1": [m["pair"]["R1"] for m in ms],
             }
+            if all("fair" in m for m in ms):
+                attention["modes"][mode]["t2v_R1_fair"] = [m["fair"]["R1"] for m in ms]
             a = attention["modes"][mode]
             echo(f"   {mode:>5} over {len(seeds)} seeds: t2v R@1 {_mean_std(a['t2v_R1'])}, "
                  f"order acc {_mean_std(a['order_acc'])}, pair R@1 {_mean_std(a['pair_R1'])}")
