@@ -130,3 +130,17 @@ def test_memory_cache_evicts_least_recently_used():
     cache.get("a")
     cache.put("d", clip(2), None)
     assert cache.get("b") is None and cache.get("a") is not None and len(cache) == 3 and cache.nbytes == 144
+
+
+def test_failed_cache_write_does_not_stop_loading(clips, tmp_path, monkeypatch, caplog):
+    """A full disk (ENOSPC) while storing an entry is a warning; the decoded frames are still returned."""
+    import errno
+
+    def full(*_a, **_k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(C, "atomic_save_npy", full)
+    cache = C.DiskClipCache(tmp_path / "cache")
+    frames, _ = C.cached_load_clip(cache, clips[0], 4, "uniform")
+    assert torch.equal(frames, load_clip(clips[0], 4, "uniform")[0])
+    assert "No space left" in caplog.text

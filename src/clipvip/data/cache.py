@@ -245,5 +245,16 @@ def cached_load_clip(cache: ClipCache | None, path: str | os.PathLike[str], num_
         return hit
     frames, middle = load_clip(path, num_frames, sampling, start, end, backend=backend, rng=rng,
                                with_middle=with_middle)
-    cache.put(key, frames, middle)
+    try:
+        cache.put(key, frames, middle)
+    except OSError as exc:
+        # A full or read-only cache folder costs speed, not correctness: keep training on decoded frames.
+        global _PUT_FAILURES
+        _PUT_FAILURES += 1
+        if _PUT_FAILURES == 1 or _PUT_FAILURES % 1000 == 0:
+            log.warning("clip cache: cannot store %s (%s); continuing without caching it (%d such failures)",
+                        path, exc, _PUT_FAILURES)
     return frames, middle
+
+
+_PUT_FAILURES = 0
