@@ -124,7 +124,8 @@ def test_retrieval_sheet_frame_strips_in_time_order_with_the_expected_clip_marke
 
     tile = 40
     out = retrieval_sheet("red then green then blue", [("v/a.mp4", 0.9), ("v/b.mp4", 0.8)], tmp_path / "st.png",
-                          tile=tile, num_frames=3, frame_loader=loader, expected="b.mp4")
+                          tile=tile, num_frames=3, frame_loader=loader, expected="b.mp4",
+                          notes={"a.mp4": "twin of expected (time-reversed)"})
     assert _size(out) == (3 * tile + 260, 2 * (tile + 24) + 50)
     rgb = _rgb(out)
     for row, order in ((0, seq), (1, seq[::-1])):

@@ -217,6 +217,7 @@ def retrieval_sheet(
     frame_loader: Callable[[str], np.ndarray] | None = None,
     num_frames: int = 1,
     expected: str | None = None,
+    notes: Mapping[str, str] | None = None,
 ) -> Path:
     """The top-k videos of a text query, best first, with rank, score and file name.
 
@@ -225,7 +226,8 @@ def retrieval_sheet(
     With ``num_frames > 1`` each result is a row showing a strip of ``num_frames`` uniformly sampled frames
     left to right (when the query is about the order of events, one frame cannot show whether a clip
     matches): ``num_frames * tile + 260`` wide, ``len(results) * (tile + 24) + 50`` high. The result whose
-    path (or file name) equals ``expected`` is framed in green and labelled "expected".
+    path (or file name) equals ``expected`` is framed in green and labelled "expected"; ``notes`` maps a
+    path or file name to a short label printed under it (e.g. "twin of expected (reversed)").
 
     ``frame_loader(path)`` returns ``[H, W, 3]`` (one frame) or ``[T, H, W, 3]`` (a strip); the default
     decodes the middle frame or ``num_frames`` uniform frames. A video that cannot be decoded gets a grey
@@ -239,6 +241,11 @@ def retrieval_sheet(
 
     def is_expected(path: str) -> bool:
         return expected is not None and (str(path) == str(expected) or Path(str(path)).name == Path(str(expected)).name)
+
+    def note(path: str) -> str:
+        if not notes:
+            return ""
+        return str(notes.get(str(path)) or notes.get(Path(str(path)).name) or "")
 
     def unreadable(ax: Any, exc: Exception) -> None:
         ax.set_facecolor("0.8")
@@ -262,7 +269,8 @@ def retrieval_sheet(
                 unreadable(ax, exc)
             mark = "  (expected)" if is_expected(path) else ""
             ax.set_title(f"#{i + 1}  {score:.3f}{mark}", fontsize="small")
-            ax.set_xlabel(Path(str(path)).name, fontsize="x-small")
+            extra = note(path)
+            ax.set_xlabel(Path(str(path)).name + (f"\n{extra}" if extra else ""), fontsize="x-small")
             if mark:
                 _mark(ax)
         return save_figure(fig, out_png)
@@ -277,7 +285,8 @@ def retrieval_sheet(
         bottom = (height - header - (i + 1) * (tile + gap) + gap / 2) / height
         hit = is_expected(path)
         fig.text(8 / width, bottom + 0.5 * tile / height,
-                 f"#{i + 1}  score {score:.3f}\n{Path(str(path)).name}" + ("\nexpected" if hit else ""),
+                 f"#{i + 1}  score {score:.4f}\n{Path(str(path)).name}" + ("\nexpected" if hit else "")
+                 + (f"\n{note(path)}" if note(path) else ""),
                  ha="left", va="center", fontsize="small", color="#1a9641" if hit else "black",
                  fontweight="bold" if hit else "normal")
         ax = fig.add_axes((label_w / width, bottom, num_frames * tile / width, tile / height))

@@ -376,6 +376,16 @@ def _seed_curves(results: Mapping[str, Any]) -> dict[str, dict[str, list]]:
     return curves
 
 
+def _twin_note(world: Any, expected: str | None) -> dict[str, str]:
+    """``{twin file name: "twin of expected (time-reversed)"}`` from the world's test records, if known."""
+    recs = (getattr(world, "split_records", None) or {}).get("test") or []
+    by_id = {str(r.get("id")): r for r in recs}
+    for rec in recs:
+        if expected and Path(str(rec.get("video", ""))).name == Path(str(expected)).name and rec.get("twin") in by_id:
+            return {Path(str(by_id[rec["twin"]]["video"])).name: "twin of expected (time-reversed)"}
+    return {}
+
+
 def write_outputs(out: Path, results: dict[str, Any], world: Any, echo: Callable[[str], None]) -> dict[str, str]:
     """Claims (``results["claims"]``), plots and ``report.md``; returns ``{name: path}`` of what was written.
 
@@ -413,7 +423,8 @@ def write_outputs(out: Path, results: dict[str, Any], world: Any, echo: Callable
             num_frames = int(((results.get("demo") or {}).get("settings") or {}).get("num_frames", 8))
             files["retrieval_sheet"] = str(retrieval_sheet(
                 q["query"], [(str(root / r["path"]), r["score"]) for r in q["results"]],
-                plots / "retrieval_sheet.png", tile=64, num_frames=num_frames, expected=q.get("expected")))
+                plots / "retrieval_sheet.png", tile=64, num_frames=num_frames, expected=q.get("expected"),
+                notes=_twin_note(world, q.get("expected"))))
     except Exception as exc:  # noqa: BLE001 - a missing plot must not lose the results of a 10-minute run
         echo(f"   warning: plots incomplete ({type(exc).__name__}: {exc})")
         results.setdefault("warnings", []).append(f"plots: {type(exc).__name__}: {exc}")
