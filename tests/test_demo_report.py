@@ -173,6 +173,9 @@ def test_report_opens_with_claims_and_writes_plots(tmp_path):
     assert "| proxy attention > frame mean pooling on t→v R@1 |" in report and "**supported**" in report
     assert "Verdict rule" in report
     assert "| proxy | 31.3 ± 1.5 (30.0, 33.0, 31.0) |" in report
+    # frame's order accuracy is exactly 50 in every seed: the report says what ties cost its R@1
+    # (pair R@1 40, 42, 41 -> half: 20.0, 21.0, 20.5).
+    assert "half its pair R@1: 20.5 ± 0.5 (20.0, 21.0, 20.5)" in report
     for name in ("curves", "nmi_stage0"):
         assert (tmp_path / "plots").joinpath(files[name].rsplit("/", 1)[-1]).is_file()
     write_json(tmp_path / "results.json", results)

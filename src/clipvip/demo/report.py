@@ -334,6 +334,22 @@ VERDICT_RULE = (
     "noise floor and the minimum effect 0).")
 
 
+def _tie_note(att: Mapping[str, Any] | None) -> str:
+    """A sentence on what pessimistic ties do to frame mean pooling's R@1, with the numbers, when the
+    attention section shows frame's order accuracy at exactly 50 (every twin comparison a tie)."""
+    modes = (att or {}).get("modes") or {}
+    frame = modes.get("frame")
+    if not frame or not all(abs(a - 50.0) < 1e-9 for a in frame["order_acc"]):
+        return ""
+    half = [p / 2 for p in frame["pair_R1"]]
+    fair = f" (measured with ties counted 1/k: {fmt_mean_std(frame['t2v_R1_fair'])})" if "t2v_R1_fair" in frame else ""
+    return ("Note on t→v R@1: R@K counts ties pessimistically, and frame mean pooling scores a clip and its "
+            "time-reversed twin the same (its order accuracy is exactly 50 in every seed), so whenever the pair "
+            "is ranked first its R@1 is decided by float rounding or counted as a miss. With ties broken at "
+            f"random it would score half its pair R@1: {fmt_mean_std(half)}{fair}, against "
+            f"{fmt_mean_std(frame['t2v_R1'])} as counted. Read the proxy-vs-frame rows with that in mind.")
+
+
 def attention_table(section: Mapping[str, Any]) -> str:
     """Mean ± std and per-seed values of each metric of the ``attention`` section, one row per mode."""
     section = validate_attention(section)
@@ -468,6 +484,9 @@ def render_report(results: Mapping[str, Any], files: Mapping[str, str], out: Pat
     if demo.get("selection") or (results.get("attention") or {}).get("selection"):
         lines += [f"Model selection: {demo.get('selection') or results['attention']['selection']}.", ""]
     lines += ["## The paper's claims on this world", "", claims_table(claims), "", VERDICT_RULE, ""]
+    tie_note = _tie_note(results.get("attention"))
+    if tie_note:
+        lines += [tie_note, ""]
 
     att = results.get("attention")
     if att:
