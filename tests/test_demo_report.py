@@ -183,3 +183,13 @@ def test_report_opens_with_claims_and_writes_plots(tmp_path):
     assert [c["id"] for c in doc["claims"]][:2] == ["proxy_vs_frame", "proxy_vs_full"]
     plotted = {k: v for k, v in files.items() if k not in ("report", "results")}  # what the report listed
     assert render_report(doc, plotted, tmp_path) == report  # the report is a function of results.json
+
+
+def test_a_malformed_attention_section_is_reported_not_fatal(tmp_path):
+    """A run's other tables survive a bad attention section: the report and warnings say what is wrong."""
+    results = _results()
+    del results["attention"]["modes"]["proxy"]["pair_R1"]
+    write_outputs(tmp_path, results, world=None, echo=lambda m: None)
+    assert results["claims"] == [] and any("modes.proxy.pair_R1 is missing" in w for w in results["warnings"])
+    report = (tmp_path / "report.md").read_text()
+    assert "No claims computed" in report and "## Main results" in report and "modes.proxy.pair_R1" in report
