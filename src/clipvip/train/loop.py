@@ -332,7 +332,12 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         model.set_gradient_checkpointing(True)
     model.to(device)
 
-    data = build_datasets(cfg, tokenizer, image_size)
+    try:
+        data = build_datasets(cfg, tokenizer, image_size)
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as exc:  # unreadable or invalid annotations: the message names the file
+        raise ConfigError(f"data.train={cfg.data.train!r}: {one_line(exc)}") from None
     train_ds = data["train"]
     sampler: ResumableBatchSampler | GroupBatchSampler
     if cfg.data.group_by:
