@@ -208,8 +208,9 @@ def load(
     """Load a model from any supported ``spec`` and wrap it in a :class:`VideoTextPipeline`.
 
     ``tokenizer`` may be a tokenizer object or anything ``load_tokenizer`` accepts (a directory, CLIP's
-    ``bpe_simple_vocab_16e6.txt.gz``, a hub name). ``num_frames`` defaults to the config's temporal size,
-    ``max_length`` to the text context. ``attention`` switches the attention mode after loading.
+    ``bpe_simple_vocab_16e6.txt.gz``, a hub name). ``num_frames`` defaults to the frames the model was
+    validated with (recorded in its config by the trainer; a log line says so), else the config's temporal
+    size; ``max_length`` to the text context. ``attention`` switches the attention mode after loading.
     ``config`` is only used for official checkpoints whose architecture cannot be inferred from the weights.
     ``seed`` seeds the random init of a registry name (a spec ``name@seedN`` does the same).
     """

@@ -29,7 +29,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8,
                    help="videos encoded (and committed to disk) together (default 8)")
     p.add_argument("--num-frames", type=int, default=None,
-                   help="frames sampled uniformly per video (default: the model's temporal size)")
+                   help="frames sampled uniformly per video (default: the frames recorded in the model by "
+                        "training, else the model's temporal size)")
     p.add_argument("--workers", type=int, default=2,
                    help="threads decoding videos ahead of the encoder (default 2; 1 = no prefetch)")
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
