@@ -269,7 +269,8 @@ def check_trainer_state(state: Any, file: str | Path) -> None:
     best = run.get("best_metric")
     if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
         raise bad(f"run.best_metric is {best!r}, expected a number or null")
-    if not state["rng"] or not all(isinstance(r, dict) and "torch" in r for r in state["rng"]):
+    if not state["rng"] or not all(isinstance(r, dict) and {"torch", "python", "numpy"} <= set(r)
+                                   for r in state["rng"]):
         raise bad("'rng' holds no RNG states")
     if "scaler" in state and not isinstance(state["scaler"], dict):
         raise bad("'scaler' is not a dict")

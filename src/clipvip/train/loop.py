@@ -406,6 +406,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         cfg.save(out_dir / "config.yaml")
         if resume_dir is not None:
             _repair_after_kill(out_dir, resume_dir, state)
+        else:  # a fresh start in a used folder: an earlier attempt's temporary folders are garbage too
+            ckpt.remove_leftovers(out_dir)
         _reconcile_kept(out_dir, resume_dir, state["step"] if resume_dir is not None else -1, keep_every)
 
     net: torch.nn.Module = FeatureModel(model, cfg.data.task)
