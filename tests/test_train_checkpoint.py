@@ -288,6 +288,11 @@ def test_resume_refuses_a_changed_config_unless_safe_or_allowed(world: Path, tmp
     result = train(_cfg(world, out, "optim.max_steps=3", "data.test=null", "optim.lr=0.5"),
                    allow_config_change=True)
     assert result["steps"] == 3
+    # allowed: the run continued with what config.yaml now says, not the restored learning rate
+    state = ckpt.load_trainer_state(out / "last")
+    assert state["config"]["optim"]["lr"] == 0.5 and "lr: 0.5" in (out / "config.yaml").read_text()
+    base = state["scheduler"]["base_lrs"]  # 0.5, and 10x that for the recipe's lr_mult groups
+    assert min(base) == pytest.approx(0.5) and all(b >= 0.5 - 1e-9 for b in base)
 
 
 def test_bad_trainer_state_or_init_leaves_nothing_behind(world: Path, tmp_path: Path) -> None:

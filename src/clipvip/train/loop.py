@@ -383,6 +383,8 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     if resume_dir is not None:
         ts = resume_state
         ckpt.load_model_weights_(model, resume_dir)
+        fresh = [{k: g[k] for k in ("weight_decay", "betas", "eps") if k in g} for g in optimizer.param_groups]
+        fresh_base = list(scheduler.base_lrs)
         try:
             optimizer.load_state_dict(ts["optimizer"])
             scheduler.load_state_dict(ts["scheduler"])
@@ -392,6 +394,14 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             raise ckpt.CheckpointStateError(f"{resume_dir / ckpt.STATE_FILE}: optimiser/scheduler state does not "
                                             f"fit this model ({one_line(exc)}); use run.resume=never or another "
                                             f"run.output_dir") from None
+        if allow_config_change and len(fresh_base) == len(scheduler.base_lrs):
+            # The run goes on with the *new* optimiser settings (what config.yaml now says): the restored
+            # moments and step count stay, the learning rates and decay follow the changed recipe.
+            scheduler.base_lrs = fresh_base
+            for group, settings, base, fn in zip(optimizer.param_groups, fresh, fresh_base, scheduler.lr_lambdas):
+                group.update(settings)
+                group["initial_lr"] = base
+                group["lr"] = base * fn(scheduler.last_epoch)
         state.update(ts["run"])
         rng = ts["rng"][rank] if rank < len(ts["rng"]) else ts["rng"][0]
         ckpt.restore_rng_state(rng)
