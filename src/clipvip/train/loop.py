@@ -710,8 +710,8 @@ def _check_resume_config(cfg: TrainConfig, ts: dict[str, Any], out_dir: Path, al
                           f"Undo the change, start over with run.resume=never or another run.output_dir, or "
                           f"pass --allow-config-change")
     if unsafe:
-        log.warning("--allow-config-change: resuming with changed key(s): %s (the restored optimiser and "
-                    "scheduler keep their state)", "; ".join(unsafe))
+        log.warning("--allow-config-change: resuming with changed key(s): %s (the optimiser's moments and step "
+                    "count are restored; learning rates and decay follow the new recipe)", "; ".join(unsafe))
 
 
 def _repair_after_kill(out_dir: Path, resume_dir: Path, state: dict[str, Any]) -> None:
