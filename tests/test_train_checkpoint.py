@@ -305,6 +305,15 @@ def test_bad_trainer_state_or_init_leaves_nothing_behind(world: Path, tmp_path: 
     with pytest.raises(ConfigError, match="model.tokenizer"):
         train(_cfg(world, out, "model.tokenizer=/nonexistent/tok"))
     assert not out.exists()  # no folder holding only config.yaml
+    mine = tmp_path / "mine"
+    (mine / "best").mkdir(parents=True)
+    (mine / "best" / "photo.jpg").write_bytes(b"precious")
+    with pytest.raises(ConfigError, match="is not a checkpoint written by clipvip train"):
+        train(_cfg(world, mine))
+    assert sorted(p.name for p in mine.rglob("*")) == ["best", "photo.jpg"]
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(ConfigError, match="exists and is not a folder"):
+        train(_cfg(world, tmp_path / "afile"))
     run = tmp_path / "run"
     train(_cfg(world, run, "data.test=null"), stop_after_steps=1)
     (run / "last" / ckpt.STATE_FILE).write_bytes(b"")

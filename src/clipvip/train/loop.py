@@ -306,7 +306,15 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True)
     # Everything that can refuse the run is checked before the run folder is created or touched.
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"run.output_dir={cfg.run.output_dir}: exists and is not a folder")
     resume_dir = _resume_dir(cfg, out_dir)
+    if resume_dir is None:
+        for name in ("last", "best"):  # what a fresh start replaces must be a checkpoint this trainer wrote
+            if os.path.lexists(out_dir / name) and not ckpt.is_complete(out_dir / name):
+                raise ConfigError(f"run.output_dir={cfg.run.output_dir}: {out_dir / name} exists and is not a "
+                                  f"checkpoint written by clipvip train; refusing to replace it (move it away or "
+                                  f"choose another run.output_dir)")
     resume_state = ckpt.load_trainer_state(resume_dir) if resume_dir is not None else None
     if main and resume_dir is not None:
         _check_resume_config(cfg, resume_state, out_dir, allow_config_change)
