@@ -75,8 +75,6 @@ def _handler(args: argparse.Namespace) -> int:
     except (ValueError, FileNotFoundError) as exc:
         raise CLIError(f"--data {data}: {exc}") from None
     tables = {k: v for k, v in res.items() if isinstance(v, dict)}
-    if getattr(pipe, "frames_source", None) == "recorded":
-        print(f"using {pipe.num_frames} frames recorded in the model (what it was validated with; --num-frames to change)")
     print(f"{res['num_texts']} texts x {res['num_videos']} videos, model {args.model}")
     print(format_table(tables))
     if res["failures"]:
