@@ -317,6 +317,7 @@ def fingerprint(model: torch.nn.Module, **extra: Any) -> str:
     config = getattr(model, "config", None)
     cfg_dict = config.to_dict() if hasattr(config, "to_dict") else {}
     cfg_dict.pop("name", None)
+    cfg_dict.pop("frames", None)  # training's record; the frames actually used come in ``extra``
     h.update(json.dumps({"config": cfg_dict, **extra}, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous().reshape(-1)
