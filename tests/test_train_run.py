@@ -197,7 +197,8 @@ def test_finetuning_beats_chance(world: Path, tmp_path: Path) -> None:
     from clipvip.train.loop import train
 
     cfg = tiny_cfg(world, tmp_path / "ft", "optim.lr=3e-3", "optim.max_steps=60", "run.eval_every=1000",
-                   "run.global_batch_size=16", "optim.warmup_ratio=0.1", f"data.test={world / 'train.jsonl'}")
+                   "run.global_batch_size=16", "optim.warmup_ratio=0.1", f"data.test={world / 'train.jsonl'}",
+                   "data.group_by=null")  # random batches: this checks learning, not order (twin batches do)
     result = train(cfg)
     n_videos = result["test"]["num_videos"]
     chance = 100.0 / n_videos
