@@ -99,7 +99,10 @@ def world_and_checkpoints(tmp_path_factory):
     run = root / "run"
     for i, step in enumerate((0, 100, 200)):
         torch.manual_seed(i)
-        CLIPViP(CLIPViPConfig.from_name("clipvip-tiny")).save_pretrained(run / f"step_{step:06d}", tokenizer=tok)
+        model = CLIPViP(CLIPViPConfig.from_name("clipvip-tiny"))
+        with torch.no_grad():  # twins are time reversals: a zero temporal table would score them as exact ties
+            model.vision_model.embeddings.temporal_embedding.normal_()
+        model.save_pretrained(run / f"step_{step:06d}", tokenizer=tok)
     # All splits in one file, so the sweep trains and evaluates on every clip whatever the split sizes.
     records = [r for path in (world.train, world.val, world.test) for r in read_jsonl(path)]
     write_jsonl(records, world.root / "all.jsonl")
@@ -177,3 +180,45 @@ def test_curve_finetune_mode_on_synthetic_world(world_and_checkpoints, tmp_path)
         assert r["output_dir"].startswith(str(out / "runs" / "synthetic"))
     with Image.open(out / "curve.png") as im:
         assert im.size == (640, 480)
+
+
+def test_zero_shot_uses_the_frames_recorded_in_the_checkpoint(world_and_checkpoints, tmp_path, monkeypatch):
+    """A checkpoint validated on 3 frames is evaluated on 3, not the recipe's 4, unless frames are given."""
+    from clipvip.analysis import curves
+    from clipvip.config import FrameRecord
+    from clipvip.model.clipvip import CLIPViP
+    from clipvip.tokenizer import load_tokenizer
+    from clipvip.train import evaluate as ev
+    from clipvip.train.config import load_config
+
+    _world, run, recipe = world_and_checkpoints
+    model = CLIPViP.from_pretrained(run / "step_000100")
+    model.config.frames = FrameRecord(train_num_frames=3, train_sampling="jitter", eval_num_frames=3,
+                                      eval_sampling="uniform")
+    model.save_pretrained(tmp_path / "m", tokenizer=load_tokenizer(run / "step_000100"))
+    seen = []
+    monkeypatch.setattr(ev, "evaluate_retrieval", lambda *a, **k: seen.append(k["num_frames"]) or {})
+    ref = curves.CheckpointRef(run="r", step=0, path=str(tmp_path / "m"))
+    curves.zero_shot_evaluator(load_config(recipe), device="cpu")(ref)
+    curves.zero_shot_evaluator(load_config(recipe, ["model.num_frames=5"]), device="cpu", frames_given=True)(ref)
+    plain = curves.CheckpointRef(run="r", step=0, path=str(run / "step_000100"))  # nothing recorded
+    curves.zero_shot_evaluator(load_config(recipe), device="cpu")(plain)
+    assert seen == [3, 5, 4]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--checkpoints", "{missing}", "--finetune", "{recipe}"], "--checkpoints"),
+    (["--checkpoints", "{empty}", "--finetune", "{missing}"], "--finetune"),
+    (["--checkpoints", "{empty}", "--finetune", "{recipe}", "optim.lr=nan"], "optim.lr must be a finite number"),
+    (["--checkpoints", "{empty}", "--finetune", "{recipe}", "--label", "a", "--label", "b"], "--label"),
+    (["--checkpoints", "{empty}", "--finetune", "{recipe}", "--device", "gpu0"], "--device gpu0"),
+])
+def test_curve_cli_errors_are_one_line_exit_2(tmp_path, capsys, argv, needle):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("model:\n  init: config:clipvip-tiny\n")
+    (tmp_path / "empty").mkdir()
+    fill = {"missing": str(tmp_path / "nope"), "recipe": str(recipe), "empty": str(tmp_path / "empty")}
+    args = [a.format(**fill) for a in argv]
+    assert cli_main(["curve", *args, "--out", str(tmp_path / "out"), "--zero-shot"]) == 2
+    err = capsys.readouterr().err
+    assert needle in err and err.count("\n") == 1 and "Traceback" not in err, err

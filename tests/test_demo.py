@@ -2,9 +2,9 @@
 
 The demo runs once per module (a module-scoped fixture running the real CLI); the checks then read its
 files. Independent references: the JSON tables are checked for structure and for values that must hold
-whatever the training did (ranks within bounds, chance level from the split size); search is checked
-through `clipvip.load` + the index on disk (the file-decoding path), not through the demo's in-memory
-evaluation that produced the tables.
+whatever the training did (ranks within bounds, chance level from the split size, frame mean pooling at
+exactly chance order accuracy on exact-reversal twins); search is checked through `clipvip.load` + the
+index on disk, not through the evaluation that produced the tables.
 """
 
 from __future__ import annotations
@@ -151,39 +151,54 @@ def test_saved_model_reloads_with_same_scores(demo_out: Path) -> None:
 
 
 # ---------------------------------------------------------------------------------------------- fast unit tests
-def test_order_accuracy_hand_worked() -> None:
-    """Two clips that are twins; three captions: a win, a loss and a tie (counts half) -> 50 %."""
-    import torch
+@slow
+def test_attention_section_has_per_seed_lists(results: dict) -> None:
+    """results.json ``attention``: the documented schema, one value per seed for every mode and metric, in
+    percent; frame mean pooling cannot see order on exact-reversal twins, so its order accuracy is 50."""
+    att = results["attention"]
+    seeds = att["seeds"]
+    assert seeds == [0, 1]  # --quick: 2 seeds, from --seed (default 0)
+    assert set(att["modes"]) == {"frame", "full", "proxy"}
+    for mode, entry in att["modes"].items():
+        assert set(entry) >= {"t2v_R1", "v2t_R1", "order_acc", "pair_R1"}, mode
+        for key in ("t2v_R1", "v2t_R1", "order_acc", "pair_R1"):
+            values = entry[key]
+            assert isinstance(values, list) and len(values) == len(seeds), (mode, key)
+            assert all(0.0 <= v <= 100.0 for v in values), (mode, key)
+        # order-blind retrieval is never below ordinary R@1
+        assert all(p >= t for p, t in zip(entry["pair_R1"], entry["t2v_R1"]))
+    assert all(abs(v - 50.0) <= 1.0 for v in att["modes"]["frame"]["order_acc"])
+    # the main model is the proxy run of the first seed
+    assert results["main"]["final"]["t2v"]["R1"] == att["modes"]["proxy"]["t2v_R1"][0]
 
-    from clipvip.demo.engine import order_accuracy
 
-    sim = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.5, 0.5]])
-    assert order_accuracy(sim, [0, 1, 0], [1, 0]) == pytest.approx(100.0 * (1 + 0 + 0.5) / 3)
-    assert math.isnan(order_accuracy(sim, [0, 1, 0], [-1, -1]))  # no twins: undefined
+def test_demo_runs_use_the_library_trainer() -> None:
+    """The demo's private step loop is gone: its runs are ``clipvip.train`` recipes."""
+    import importlib.util
+    from pathlib import Path
+
+    import clipvip.demo.run as run
+    from clipvip.demo.settings import QUICK
+    from clipvip.train.config import TrainConfig
+
+    assert importlib.util.find_spec("clipvip.demo.engine") is None
+    world = type("W", (), {"tokenizer": _Tok(), "tokenizer_dir": Path("tok")})()
+    runner = run.Runner(Path("/nonexistent"), QUICK, world, progress=False)
+    cfg = runner.recipe("x", init=Path("init"), task="retrieval", train=Path("train.jsonl"), steps=7, lr=1e-3,
+                        seed=3, attention="frame", lr_mult=QUICK.lr_mult)
+    assert isinstance(cfg, TrainConfig)
+    assert cfg.data.group_by == "twin" and cfg.data.cache == "memory" and cfg.data.sampling == "uniform"
+    assert cfg.optim.lr_mult == {"temporal_embedding": 10.0} and cfg.optim.max_steps == 7
+    assert cfg.model.attention == "frame" and cfg.run.seed == 3
 
 
-def test_batches_keep_twins_together() -> None:
-    import torch
+class _Tok:
+    """Just what ``model_config`` reads from a tokenizer."""
 
-    from clipvip.demo.engine import Task, _batches
-    from clipvip.demo.world import twin_groups
+    bos_token_id, eos_token_id, pad_token_id = 1, 2, 0
 
-    # Twins come from the records' "twin" field, not from numbering: vid00005's twin is vid00002 here,
-    # vid00008's twin vid00009 is not in this split, and vid00009 named by nobody else stays alone.
-    pairs = {0: 1, 1: 0, 2: 5, 5: 2, 3: 4, 4: 3, 8: 9}
-    records = [{"video": f"videos/vid{i:05d}.mp4", "id": f"vid{i:05d}", "twin": f"vid{pairs[i]:05d}"}
-               for i in (0, 1, 2, 3, 4, 5, 8)]
-    groups = twin_groups(records)
-    assert groups == [[0, 1], [2, 5], [3, 4], [6]]
-    assert twin_groups([{k: v for k, v in r.items() if k != "twin"} for r in records]) is None
-    task = Task()
-    task.size, task.groups = len(records), groups
-    gen = _batches(task, 4, torch.Generator().manual_seed(0))
-    for _ in range(10):
-        batch = next(gen).tolist()
-        assert len(batch) <= 4
-        for g in groups:
-            assert set(g) <= set(batch) or not set(g) & set(batch)
+    def __len__(self) -> int:
+        return 50
 
 
 def test_inflated_model_matches_image_model_in_frame_mode() -> None:
@@ -195,7 +210,8 @@ def test_inflated_model_matches_image_model_in_frame_mode() -> None:
     from clipvip.model.clipvip import CLIPViP
     from clipvip.weights import inflate
 
-    image_cfg = CLIPViPConfig.from_name("clipvip-tiny", num_proxies=1, temporal_size=4, text={"vocab_size": 300})
+    image_cfg = CLIPViPConfig.from_name("clipvip-tiny", num_proxies=1, temporal_size=4,
+                                       text={"vocab_size": 300, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0})
     image = CLIPViP(image_cfg).eval()
     video = inflate(image.state_dict(), image_cfg.replace(num_proxies=4)).eval()
     assert video.vision_model.embeddings.added_cls.shape[0] == 3

@@ -108,14 +108,14 @@ def test_encode_video_any_length_and_normalised():
 
 def test_forward_is_scaled_text_by_video_cosine():
     model = CLIPViP(CLIPViPConfig.from_name("clipvip-tiny")).eval()
-    assert math.isclose(model.temperature, 100.0, rel_tol=1e-5)
+    assert math.isclose(model.temperature, math.exp(4.60), rel_tol=1e-5)  # the official init, e^4.60
     ids = torch.tensor([[49406, 320, 49407, 49407], [49406, 1929, 2533, 49407]])
     mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1]])
     pixels = torch.randn(3, 2, 3, 32, 32)
     with torch.no_grad():
         logits = model(ids, mask, pixels)
         t, v = model.encode_text(ids, mask), model.encode_video(pixels)
-    expected = torch.tensor([[100.0 * float(t[i] @ v[j]) for j in range(3)] for i in range(2)])
+    expected = torch.tensor([[math.exp(4.60) * float(t[i] @ v[j]) for j in range(3)] for i in range(2)])
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-5)
 
 

@@ -112,3 +112,56 @@ def test_synthetic_recipes_load(name: str) -> None:
     cfg = load_config(CONFIGS / f"{name}.yaml", ["data.root=/somewhere"])
     assert cfg.data.resolve(cfg.data.train) == f"/somewhere/{cfg.data.train}"
     assert cfg.model.init == "config:clipvip-tiny"
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("optim.lr=nan", "optim.lr must be a finite number"),
+    ("optim.lr=.nan", "optim.lr must be a finite number"),
+    ("optim.lr=-1", "optim.lr must be > 0"),
+    ("optim.weight_decay=-1", "optim.weight_decay must be >= 0"),
+    ("optim.max_steps=-5", "optim.max_steps must be >= 1"),
+    ("data.num_workers=-1", "data.num_workers must be >= 0"),
+    ("optim.epochs=inf", "optim.epochs must be a finite number"),
+    ("optim.grad_clip=nan", "optim.grad_clip must be a finite number"),
+    ("model.eval_num_frames=0", "model.eval_num_frames must be >= 1"),
+    ("optim.betas=[0.9, 1.5]", r"optim.betas\[1\] must be in \[0, 1\)"),
+    ("run.log_every=0", "run.log_every must be >= 1"),
+    ("run.device=gpu0", "run.device='gpu0' is not a torch device"),
+])
+def test_out_of_range_overrides_are_refused_naming_the_key(override: str, needle: str) -> None:
+    with pytest.raises(ConfigError, match=needle):
+        load_config(None, [override])
+
+
+def test_duplicate_yaml_keys_are_an_error(tmp_path: Path) -> None:
+    recipe = tmp_path / "dup.yaml"
+    recipe.write_text("optim:\n  lr: 1.0e-5\n  weight_decay: 0.1\n  lr: 0.5\n")
+    with pytest.raises(ConfigError, match=r"dup\.yaml.*duplicate key 'lr' \(first at line 2\).*line 4"):
+        load_config(recipe)
+    recipe.write_text("optim:\n  lr: 1.0e-5\noptim:\n  lr: 0.5\n")
+    with pytest.raises(ConfigError, match="duplicate key 'optim'"):
+        load_config(recipe)
+
+
+def test_cuda_device_without_cuda_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    cfg = load_config(None, ["run.device=cuda"])
+    with pytest.raises(ConfigError, match="run.device=cuda: CUDA is not available"):
+        cfg.check_runtime()
+
+
+def test_config_changes_split_safe_and_unsafe_keys() -> None:
+    from clipvip.train.config import SAFE_TO_CHANGE, config_changes
+
+    old = load_config(None, ["optim.lr=0.002"])
+    new = load_config(None, ["optim.lr=0.5", "optim.max_steps=20", "run.log_every=1", "model.attention=full"])
+    unsafe, safe = config_changes(old.to_dict(), new)
+    assert unsafe == ["model.attention: None -> 'full'", "optim.lr: 0.002 -> 0.5"]
+    assert safe == ["optim.max_steps: None -> 20", "run.log_every: 10 -> 1"]
+    assert {"optim.max_steps", "run.eval_every", "run.log_every"} <= SAFE_TO_CHANGE
+    # a key added to the package after the run started counts as unchanged at its default
+    partial = old.to_dict()
+    del partial["data"]["cache"]
+    assert config_changes(partial, old) == ([], [])

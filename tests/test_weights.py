@@ -135,7 +135,7 @@ def test_from_clip_local_dir(hf_clip, tmp_path):
     assert torch.equal(emb.class_embedding, ref["vision_model.embeddings.class_embedding"])
     assert torch.equal(emb.temporal_embedding, torch.zeros(1, 12, 48))
     assert emb.added_cls.shape == (3, 48) and 0.5 < float(emb.added_cls.detach().std()) < 1.5  # N(0, 1)
-    assert math.isclose(float(model.logit_scale.detach()), math.log(100), rel_tol=1e-6)
+    assert math.isclose(float(model.logit_scale.detach()), 4.60, rel_tol=1e-6)  # official init, not ln 100
     assert torch.equal(model.state_dict()["text_model.encoder.layers.1.mlp.fc2.weight"],
                        ref["text_model.encoder.layers.1.mlp.fc2.weight"])
 

@@ -39,8 +39,8 @@ __all__ = [
     "vsc_loss",
 ]
 
-#: Initial log temperature (CLIP's ln 100).
-LOGIT_SCALE_INIT = math.log(100.0)
+#: Initial log temperature: 4.60 as in the official wrapper and released configs (not ln 100).
+LOGIT_SCALE_INIT = 4.60
 #: Upper clamp of the log temperature after each step (reference: ln 200; lower clamp 0).
 LOGIT_SCALE_MAX = math.log(200.0)
 

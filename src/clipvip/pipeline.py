@@ -250,8 +250,9 @@ def load(
     """Load a model from any supported ``spec`` and wrap it in a :class:`VideoTextPipeline`.
 
     ``tokenizer`` may be a tokenizer object or anything ``load_tokenizer`` accepts (a directory, CLIP's
-    ``bpe_simple_vocab_16e6.txt.gz``, a hub name). ``num_frames`` defaults to the config's temporal size,
-    ``max_length`` to the text context. ``attention`` switches the attention mode after loading.
+    ``bpe_simple_vocab_16e6.txt.gz``, a hub name). ``num_frames`` defaults to the frames the model was
+    validated with (recorded in its config by the trainer; a log line says so), else the config's temporal
+    size; ``max_length`` to the text context. ``attention`` switches the attention mode after loading.
     ``config`` is only used for official checkpoints whose architecture cannot be inferred from the weights.
     ``seed`` seeds the random init of a registry name (a spec ``name@seedN`` does the same).
     ``dtype`` is ``"fp32"`` (default), ``"bf16"`` (bf16 autocast) or ``"auto"`` (bf16 where the CPU has
@@ -317,9 +318,12 @@ def load(
         model.set_attention(attention)
     tok_obj, tok_spec = _resolve_tokenizer(tokenizer, tok_spec, kind, spec_str, path)
     cfg = model.config
-    n_frames = int(num_frames or cfg.temporal_size)
+    n_frames, frames_source = recorded_frames(cfg, num_frames)
     if n_frames < 1:
         raise ValueError(f"num_frames must be >= 1, got {n_frames}")
+    if frames_source == "recorded":
+        log.info("using %d frames (%s sampling) recorded in the model's config.json (what it was validated "
+                 "with); pass num_frames / --num-frames to change", n_frames, cfg.frames.eval_sampling or "uniform")
     ctx = int(max_length or cfg.text.max_position_embeddings)
     model.to(device).eval()
     extra: dict[str, Any] = {"num_frames": n_frames, "image_size": cfg.vision.image_size}
@@ -328,7 +332,7 @@ def load(
 
         extra["dtype"] = dtype_name(run_dtype)
     model_id = fingerprint(model, **extra)
-    return VideoTextPipeline(
+    pipe = VideoTextPipeline(
         model,
         tok_obj,
         num_frames=n_frames,
@@ -340,6 +344,20 @@ def load(
         device=device,
         dtype=run_dtype,
     )
+    pipe.frames_source = frames_source
+    return pipe
+
+
+def recorded_frames(config: Any, num_frames: int | None = None) -> tuple[int, str]:
+    """Frames to sample per video and where the number came from: ``num_frames`` when given ("given"),
+    else the frames the model was validated with, recorded in its config by the trainer ("recorded"),
+    else the architecture's temporal size ("temporal_size")."""
+    if num_frames is not None:
+        return int(num_frames), "given"
+    frames = getattr(config, "frames", None)
+    if frames is not None and frames.eval_num_frames:
+        return int(frames.eval_num_frames), "recorded"
+    return int(config.temporal_size), "temporal_size"
 
 
 def fingerprint(model: torch.nn.Module, **extra: Any) -> str:
@@ -352,6 +370,7 @@ def fingerprint(model: torch.nn.Module, **extra: Any) -> str:
     config = getattr(model, "config", None)
     cfg_dict = config.to_dict() if hasattr(config, "to_dict") else {}
     cfg_dict.pop("name", None)
+    cfg_dict.pop("frames", None)  # training's record; the frames actually used come in ``extra``
     h.update(json.dumps({"config": cfg_dict, **extra}, sort_keys=True, default=str).encode())
     for name, tensor in sorted(model.state_dict().items()):
         t = tensor.detach().to("cpu").contiguous().reshape(-1)

@@ -11,7 +11,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,6 +18,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from clipvip.atomic import follow_umask, make_temp_dir
 from clipvip.config import CLIPViPConfig
 from clipvip.model.clipvip import CLIPViP
 
@@ -81,7 +81,7 @@ def inflate(
     Whatever the source had for ``added_cls``/``temporal_embedding`` is dropped: those are the new parts.
 
     ``logit_scale`` (log space) defaults to the source's own value, or ``config.logit_scale_init`` if it
-    has none; :func:`from_clip` passes ``config.logit_scale_init`` (ln 100), as the official wrapper resets it.
+    has none; :func:`from_clip` passes ``config.logit_scale_init`` (4.60), as the official wrapper resets it.
     """
     model = CLIPViP(config)
     own = model.state_dict()
@@ -105,7 +105,7 @@ def from_clip(name_or_dir: str | Path, **overrides: Any) -> CLIPViP:
     """Start CLIP-ViP from transformers CLIP weights (a hub name, or a local dir: then fully offline).
 
     The weights go through :func:`inflate`, with ``logit_scale`` reset to ``config.logit_scale_init``
-    (ln 100) as the official VidCLIP wrapper does (reference §1.9). ``overrides`` go to
+    (4.60) as the official VidCLIP wrapper does (reference §1.9). ``overrides`` go to
     :meth:`CLIPViPConfig.from_hf`. A hub name that is neither cached nor reachable fails at once (see
     :func:`clipvip.tokenizer.resolve_hub_name`) instead of after transformers' minute and a half of retries.
     """
@@ -228,13 +228,14 @@ def save_pretrained(model: CLIPViP, directory: str | Path, tokenizer: Any = None
 
     directory = Path(directory)
     directory.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.", dir=directory.parent))
+    tmp = make_temp_dir(directory.parent, f".{directory.name}.")  # umask's mode, not mkdtemp's 0700
     try:
         model.config.to_json(tmp / CONFIG_FILE)
         state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": "pt", "library": "clipvip"})
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp))
+        follow_umask(tmp)  # safetensors writes 0600 whatever the umask
         if directory.exists():
             old = directory.with_name(f".{directory.name}.old")
             if old.exists():

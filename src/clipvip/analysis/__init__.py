@@ -4,6 +4,7 @@
 - :mod:`clipvip.analysis.domain_gap`: the language domain gap between corpora, K-means + NMI
   (``clipvip domain-gap``); :func:`domain_gap_nmi` is the pure function;
 - :mod:`clipvip.analysis.curves`: downstream R@k against post-pretraining steps (``clipvip curve``);
+- :mod:`clipvip.analysis.order`: order accuracy and pair R@1 on twin clips (a clip and its time reversal);
 - :mod:`clipvip.analysis.plots`: headless figures (curves, NMI heat-map, retrieval sheet).
 
 Submodules are imported on first use so that ``import clipvip.analysis`` stays cheap.
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 __all__ = ["domain_gap_nmi", "caption_clips", "merge_captions", "run_domain_gap", "run_curve",
-           "plot_curves", "plot_nmi_heatmap", "retrieval_sheet"]
+           "plot_curves", "plot_nmi_heatmap", "retrieval_sheet", "order_accuracy", "pair_recall_at_1"]
 
 _WHERE = {
     "domain_gap_nmi": "domain_gap",
@@ -25,6 +26,8 @@ _WHERE = {
     "plot_curves": "plots",
     "plot_nmi_heatmap": "plots",
     "retrieval_sheet": "plots",
+    "order_accuracy": "order",
+    "pair_recall_at_1": "order",
 }
 
 

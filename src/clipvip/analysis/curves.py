@@ -152,8 +152,13 @@ def _eval_data(cfg: Any) -> tuple[str, str]:
     raise ValueError("the recipe has neither data.test nor data.val to evaluate on")
 
 
-def zero_shot_evaluator(cfg: Any, device: str | None = None, progress: bool = False) -> Evaluator:
+def zero_shot_evaluator(cfg: Any, device: str | None = None, progress: bool = False,
+                        frames_given: bool = False) -> Evaluator:
     """Evaluate each checkpoint as it is, on the recipe's test (else val) split, with its eval settings.
+
+    Frames: those recorded in each checkpoint's ``config.json`` (what it was validated with, see
+    :class:`clipvip.config.FrameRecord`), unless ``frames_given`` (``model.num_frames`` or
+    ``model.eval_num_frames`` given on the command line), else the recipe's.
 
     The tokenizer is the recipe's ``model.tokenizer`` when set, else the one saved in the checkpoint;
     ``model.attention`` switches the attention mode as fine-tuning would.
@@ -173,9 +178,14 @@ def zero_shot_evaluator(cfg: Any, device: str | None = None, progress: bool = Fa
         model.to(dev).eval()
         tokenizer = load_tokenizer(_tokenizer_spec(cfg, ref))
         split, data = _eval_data(cfg)
+        num_frames = cfg.model.eval_num_frames or cfg.model.num_frames
+        record = model.config.frames
+        if not frames_given and record is not None and record.eval_num_frames:
+            num_frames = record.eval_num_frames
+            log.info("%s: using %d frames recorded in the model (what it was validated with)", ref.path, num_frames)
         results = evaluate_retrieval(
             model, tokenizer, data,
-            num_frames=cfg.model.eval_num_frames or cfg.model.num_frames,
+            num_frames=num_frames,
             image_size=cfg.model.image_size or model.config.vision.image_size,
             max_length=cfg.model.max_length,
             batch_size=cfg.data.eval_batch_size,
@@ -304,7 +314,9 @@ def run_curve(
         if zero_shot:
             from clipvip.train.config import load_config
 
-            evaluator = zero_shot_evaluator(load_config(finetune, overrides), device=device)
+            given = any(o.partition("=")[0].strip() in ("model.num_frames", "model.eval_num_frames")
+                        for o in overrides)
+            evaluator = zero_shot_evaluator(load_config(finetune, overrides), device=device, frames_given=given)
         else:
             evaluator = finetune_evaluator(finetune, out, overrides)
 

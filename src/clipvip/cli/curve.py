@@ -42,12 +42,34 @@ def handler(args: argparse.Namespace) -> int:
     from clipvip.cli import CLIError
     from clipvip.train.config import ConfigError
 
+    from pathlib import Path
+
+    from clipvip.train.loop import one_line
+
+    for folder in args.checkpoints:
+        if not Path(folder).is_dir():
+            raise CLIError(f"--checkpoints {folder}: not a folder (give one folder of model checkpoints per run)")
+    if not Path(args.finetune).is_file():
+        raise CLIError(f"--finetune {args.finetune}: file not found (give a YAML recipe, e.g. configs/msrvtt_b32.yaml)")
+    if args.label is not None and len(args.label) != len(args.checkpoints):
+        raise CLIError(f"--label given {len(args.label)} time(s) for {len(args.checkpoints)} --checkpoints "
+                       f"folder(s): give one label per folder, in order")
+    if args.device is not None:
+        import torch
+
+        try:
+            dev = torch.device(args.device)
+        except (RuntimeError, TypeError):
+            raise CLIError(f"--device {args.device}: not a torch device (e.g. cpu, cuda, cuda:1)") from None
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise CLIError(f"--device {args.device}: CUDA is not available on this machine (use --device cpu)")
     try:
         doc = run_curve(args.checkpoints, args.out, finetune=args.finetune, zero_shot=args.zero_shot,
                         labels=args.label, overrides=args.overrides, table=args.table, device=args.device)
-    except (OSError, ValueError, KeyError, ConfigError) as exc:
-        raise CLIError(str(exc)) from exc
-    from pathlib import Path
+    except ConfigError as exc:
+        raise CLIError(f"--finetune {args.finetune}: {one_line(exc)}") from None
+    except (OSError, ValueError, KeyError) as exc:
+        raise CLIError(one_line(exc)) from None
 
     print((Path(args.out) / "curve.md").read_text(), end="")
     print(f"wrote {args.out}/curve.json, curve.md, curve.png ({len(doc['rows'])} checkpoints)")

@@ -26,7 +26,8 @@ def register(subparsers: Any) -> None:
                         "(CLIP4Clip's: captions max-pooled per video, ranked among videos); see docs/metrics.md")
     p.add_argument("--out", default=None, help="write the results as JSON to this file (atomically)")
     p.add_argument("--num-frames", type=int, default=None,
-                   help="frames sampled per video (default: the model's temporal size, 12)")
+                   help="frames sampled per video (default: the frames recorded in the model's config.json by "
+                        "training, else the model's temporal size, 12)")
     p.add_argument("--batch-size", type=int, default=16, help="videos encoded per batch (default 16)")
     p.add_argument("--paragraph", action="store_true",
                    help="paragraph protocol: join each video's sentences into one query (DiDeMo, ActivityNet)")

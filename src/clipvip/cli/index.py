@@ -35,7 +35,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8,
                    help="windows encoded together; finished videos are committed after each batch (default 8)")
     p.add_argument("--num-frames", type=int, default=None,
-                   help="frames sampled uniformly per window (default: the model's temporal size)")
+                   help="frames sampled uniformly per window (default: the frames recorded in the model by "
+                        "training, else the model's temporal size)")
     p.add_argument("--workers", type=int, default=None,
                    help="threads decoding and transforming ahead of the model (default: a quarter of the "
                         "cores, at least 1)")

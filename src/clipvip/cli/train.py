@@ -27,6 +27,9 @@ def register(subparsers: Any) -> None:
                         "--print-config may also follow them")
     p.add_argument("--print-config", action="store_true",
                    help="print the resolved recipe (after overrides) as YAML and exit without training")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume even though keys other than the safe ones (run.eval_every, optim.max_steps, "
+                        "... see docs/training.md) differ from the run's config; may also follow the overrides")
     p.set_defaults(func=_handler)
 
 
@@ -34,11 +37,14 @@ def _handler(args: argparse.Namespace) -> int:
     from clipvip.cli import CLIError
     from clipvip.train.config import ConfigError, load_config
 
-    overrides = [o for o in args.overrides if o != "--print-config"]
-    print_config = args.print_config or len(overrides) != len(args.overrides)
+    flags = ("--print-config", "--allow-config-change")
+    overrides = [o for o in args.overrides if o not in flags]
+    print_config = args.print_config or "--print-config" in args.overrides
+    allow_change = args.allow_config_change or "--allow-config-change" in args.overrides
     bad = [o for o in overrides if o.startswith("-")]
     if bad:
-        raise CLIError(f"unknown option {bad[0]!r} among the overrides (overrides look like section.key=value)")
+        raise CLIError(f"unknown option {bad[0]!r} among the overrides (overrides look like section.key=value; "
+                       f"options: {', '.join(flags)})")
     try:
         cfg = load_config(args.config, overrides)
     except ConfigError as exc:
@@ -47,12 +53,13 @@ def _handler(args: argparse.Namespace) -> int:
         print(cfg.to_yaml(), end="")
         return 0
     from clipvip.metrics import format_table
-    from clipvip.train.loop import train
+    from clipvip.train.checkpoint import CheckpointStateError
+    from clipvip.train.loop import one_line, train
 
     try:
-        result = train(cfg)
-    except (ConfigError, FileNotFoundError) as exc:
-        raise CLIError(str(exc)) from None
+        result = train(cfg, allow_config_change=allow_change)
+    except (ConfigError, CheckpointStateError, FileNotFoundError, FileExistsError) as exc:
+        raise CLIError(one_line(exc)) from None
     if int(os.environ.get("RANK", "0")) == 0:  # the process group is gone by now; torchrun sets RANK
         _print_result(result, format_table)
     return 0
@@ -60,8 +67,11 @@ def _handler(args: argparse.Namespace) -> int:
 
 def _print_result(result: dict[str, Any], format_table: Any) -> None:
     print(f"run folder: {result['output_dir']} ({result['steps']} steps)")
-    for key, title in (("best", f"best checkpoint (selected on {result['selected_on']})"),
-                       ("test", "test split, best checkpoint")):
+    used = result.get("test_checkpoint") or {}
+    best_title = (f"best checkpoint (best/, step {result['best_step']}, selected on {result['selected_on']})"
+                  if result.get("best_step") is not None else "best checkpoint")
+    for key, title in (("best", best_title),
+                       ("test", f"test split, {used.get('label', 'best checkpoint')}")):
         res = result.get(key)
         if res:
             print(f"\n{title}:")

@@ -15,6 +15,10 @@ so that the :class:`Collator` (which runs in the same DataLoader worker right af
 in ``batch["failures"]``. Counts therefore survive worker processes, and the trainer sums them per epoch.
 Items are never zero-filled and one bad file never stops a run.
 
+**Decoded-clip cache**: ``cache=`` (:mod:`clipvip.data.cache`, in memory or uint8 files on disk) makes
+every clip decode once; it needs the deterministic ``uniform`` sampling and returns exactly the frames a
+fresh decode gives.
+
 **Determinism**: every random choice of item ``i`` (frame jitter, caption choice) comes from a generator
 seeded with ``(seed, epoch, i)``, so a resumed run (``set_epoch``) sees exactly the same items.
 """
@@ -34,8 +38,8 @@ from torch.utils.data import Dataset
 
 from clipvip.data import VideoDecodeError
 from clipvip.data.annotations import Record, read_jsonl, record_id
+from clipvip.data.cache import ClipCache, cached_load_clip, check_cacheable
 from clipvip.data.transforms import VideoTransform
-from clipvip.data.video import load_clip
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,7 @@ class _VideoDataset(Dataset):
         seed: int = 0,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
         split: str | None = None,
+        cache: ClipCache | None = None,
     ) -> None:
         recs, self.video_root = load_records(records, video_root)
         if split is not None:
@@ -103,6 +108,9 @@ class _VideoDataset(Dataset):
         self.epoch = 0
         self.transform = transform or VideoTransform(size=image_size)
         self.failures: list[Failure] = []
+        if cache is not None:
+            check_cacheable(self.sampling)
+        self.cache = cache
 
     def __len__(self) -> int:
         return len(self.records)
@@ -134,8 +142,8 @@ class _VideoDataset(Dataset):
 
     def _load(self, record: Record, rng: np.random.Generator, num_frames: int, with_middle: bool = False):
         path = str(self.video_path(record))
-        frames, middle = load_clip(
-            path, num_frames, self.sampling, record.get("start"), record.get("end"),
+        frames, middle = cached_load_clip(
+            self.cache, path, num_frames, self.sampling, record.get("start"), record.get("end"),
             backend=self.backend, rng=rng, with_middle=with_middle,
         )
         return frames, middle

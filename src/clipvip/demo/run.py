@@ -1,36 +1,44 @@
 """``run_demo``: the whole method on a synthetic world, offline, in minutes on a CPU.
 
-Stages (each prints a header and shows tqdm bars):
+Every training stage is a run of the library's trainer (:func:`clipvip.train.loop.train`, the code behind
+``clipvip train``) from a recipe built here, reading the world's JSONL files through the library's datasets
+with the decoded-clip cache (``data.cache: memory``: each clip is decoded once per process) and the twin
+group sampler (``data.group_by: twin``). What stays in the demo is orchestration:
 
-0. generate the synthetic world and decode it once;
-1. stage 0: pretrain a tiny image-text CLIP (a CLIP-ViP with one proxy, on single middle frames and their
-   captions): the "image-text model" the paper starts from;
-2. stage 1: inflate it to CLIP-ViP (proxies, temporal table) and post-pretrain with the omnisource loss
-   (OCL, variant d) on videos + noisy subtitles + auxiliary frame captions;
-3. stage 2: fine-tune on downstream captions (train split, best on val) and evaluate on test, t2v and v2t,
-   plain and with DSL;
-4. ablations: attention mode (frame mean pooling / full / proxy), OCL variants, with vs without auxiliary
-   captions, and the NMI language domain gap between subtitles, auxiliary and downstream captions;
-5. write ``results.json``, ``report.md``, plots and ``model/``; index the test videos and query them.
+0. generate the synthetic world (twin clips that are exact time reversals of each other);
+1. stage 0: train a tiny image-text CLIP (a CLIP-ViP with one proxy, ``data.task: image_text`` on single
+   middle frames and their captions): the "image-text model" the paper starts from;
+2. stage 1: inflate it to CLIP-ViP (:func:`clipvip.weights.inflate`: proxies, temporal table) and
+   post-pretrain with the omnisource loss (OCL, variant d) on videos + noisy subtitles + auxiliary captions;
+3. stage 2 and the attention ablation: fine-tune on downstream captions with frame mean pooling, full and
+   proxy attention, from the same post-pretrained weights, once per seed; evaluate on test (t2v / v2t,
+   plain and DSL, twin-pair order accuracy, order-blind pair R@1). The model is the last step's (no
+   selection on the small validation split; validation is evaluated for the curves only);
+4. OCL variants a/b/c/d, with vs without auxiliary captions, NMI language domain gap;
+5. ``results.json``, ``report.md``, plots and ``model/``; index the test videos and query them.
 """
 
 from __future__ import annotations
 
-import copy
 import datetime as _dt
+import logging
 import os
 import platform
 import shutil
+import statistics
 import time
 from pathlib import Path
 from typing import Any, Callable
 
 import torch
 
-from clipvip.demo import engine
+from clipvip.atomic import check_replaceable, mark_owned, remove_owned
 from clipvip.demo.settings import DemoSettings, preset
 
 Echo = Callable[[str], None]
+
+#: How the demo picks the model of a run (results.json ``attention.selection``, docs/demo.md).
+SELECTION = "last step (no selection on validation; validation is evaluated for the curves only)"
 
 
 class Stopwatch:
@@ -50,10 +58,12 @@ class Stopwatch:
         return time.perf_counter() - self.start
 
 
-def model_config(settings: DemoSettings, vocab_size: int, num_proxies: int, attention: str = "proxy") -> Any:
-    """The demo architecture: ``clipvip-tiny`` resized to the world (frames, image size, vocabulary)."""
+def model_config(settings: DemoSettings, tokenizer: Any, num_proxies: int, attention: str = "proxy") -> Any:
+    """The demo architecture: ``clipvip-tiny`` resized to the world (frames, image size, the tokenizer's
+    vocabulary and special tokens)."""
     from clipvip.config import CLIPViPConfig
 
+    specials = {f"{k}_token_id": int(getattr(tokenizer, f"{k}_token_id")) for k in ("bos", "eos", "pad")}
     return CLIPViPConfig.from_name(
         "clipvip-tiny",
         num_proxies=num_proxies,
@@ -64,8 +74,8 @@ def model_config(settings: DemoSettings, vocab_size: int, num_proxies: int, atte
                 "num_hidden_layers": settings.layers, "image_size": settings.image_size,
                 "patch_size": settings.patch_size},
         text={"hidden_size": settings.text_width, "intermediate_size": 2 * settings.text_width,
-              "num_hidden_layers": settings.layers, "vocab_size": vocab_size,
-              "max_position_embeddings": settings.max_length},
+              "num_hidden_layers": settings.layers, "vocab_size": len(tokenizer),
+              "max_position_embeddings": settings.max_length, **specials},
     )
 
 
@@ -74,23 +84,134 @@ def _header(echo: Echo, clock: Stopwatch, title: str) -> float:
     return time.perf_counter()
 
 
-def _brief(metrics: dict[str, dict[str, float]]) -> str:
+def _brief(metrics: dict[str, Any]) -> str:
     parts = []
-    for key in ("t2v", "v2t", "t2v_dsl", "v2t_dsl"):
+    for key in ("t2v", "v2t", "t2v_dsl"):
         if key in metrics:
             parts.append(f"{key} R@1 {metrics[key]['R1']:.1f}")
     if "order" in metrics:
         parts.append(f"order acc {metrics['order']['acc']:.1f}")
+    if "pair" in metrics:
+        parts.append(f"pair R@1 {metrics['pair']['R1']:.1f}")
+    if "fair" in metrics:
+        parts.append(f"R@1 ties 1/k {metrics['fair']['R1']:.1f}")
     return ", ".join(parts)
 
 
-def _curve(history: list[dict[str, Any]], key: str = "t2v") -> list[tuple[int, float]]:
-    return [(int(h["step"]), float(h[key]["R1"])) for h in history]
+def _mean_std(values: list[float]) -> str:
+    if len(values) < 2:
+        return f"{values[0]:.1f}" if values else "-"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f}"
 
 
-def _strip(entry: dict[str, Any] | None) -> dict[str, Any] | None:
-    """A copy of a history entry for results.json (so later edits of the history do not leak in)."""
-    return None if entry is None else dict(entry)
+class Runner:
+    """Builds the recipes of the demo's runs and evaluates their models; one per demo run."""
+
+    def __init__(self, out: Path, settings: DemoSettings, world: Any, progress: bool) -> None:
+        self.out = out
+        self.settings = settings
+        self.world = world
+        self.progress = progress
+        self.runs = out / "runs"
+        self.video_config = model_config(settings, world.tokenizer, settings.num_proxies)
+
+    def recipe(self, name: str, *, init: Path, task: str, train: Path, steps: int, lr: float, seed: int,
+               attention: str | None = None, val: Path | None = None, variant: str = "d",
+               lr_mult: dict[str, float] | None = None, group: bool = True) -> Any:
+        """A ``clipvip.train`` recipe (the same fields as ``configs/*.yaml``) for one demo run."""
+        from clipvip.train.config import load_config
+
+        s = self.settings
+        eval_every = s.eval_every if val is not None else steps  # without val: one save, at the end
+        return load_config({
+            "model": {"init": f"pretrained:{init}", "attention": attention, "num_frames": s.num_frames,
+                      "tokenizer": str(self.world.tokenizer_dir), "max_length": s.max_length},
+            "data": {"task": task, "train": str(train), "val": str(val) if val else None, "test": None,
+                     "sampling": "uniform", "cache": "memory", "group_by": "twin" if group else None,
+                     "eval_batch_size": 64},
+            "optim": {"lr": lr, "weight_decay": s.weight_decay, "warmup_ratio": s.warmup_ratio,
+                      "grad_clip": s.grad_clip, "max_steps": steps, "lr_mult": dict(lr_mult or {})},
+            "run": {"global_batch_size": s.batch_size, "seed": seed, "output_dir": str(self.runs / name),
+                    "eval_every": eval_every, "log_every": 10, "select_on": "val", "select_metric": "t2v.R1",
+                    "ocl_variant": variant, "resume": "never", "progress": self.progress},
+        })
+
+    def train(self, cfg: Any) -> tuple[Any, dict[str, Any]]:
+        """Run the library trainer; return the **last** model (see :data:`SELECTION`) and its result."""
+        from clipvip.model.clipvip import CLIPViP
+        from clipvip.train.loop import train
+
+        out_dir = Path(cfg.run.output_dir)
+        if out_dir.exists():
+            shutil.rmtree(out_dir)  # the demo created it (runs/ is the demo's own folder)
+        # The trainer's warnings about the demo's deliberate choices (no val split in the short runs) are
+        # noise here; errors still surface as exceptions.
+        logger = logging.getLogger("clipvip.train")
+        level = logger.level
+        logger.setLevel(logging.ERROR)
+        try:
+            result = train(cfg)
+        finally:
+            logger.setLevel(level)
+        model = CLIPViP.from_pretrained(out_dir / "last")
+        if cfg.model.attention:
+            model.set_attention(cfg.model.attention)
+        model.eval()
+        return model, result
+
+    def save_init(self, name: str, model: Any) -> Path:
+        """Write a starting model (random stage-0 model, inflated stage-1 model) for ``model.init``."""
+        path = self.runs / "init" / name
+        if path.exists():
+            shutil.rmtree(path)
+        model.save_pretrained(path, tokenizer=self.world.tokenizer)
+        return path
+
+    def evaluate(self, model: Any, split: str = "test") -> dict[str, Any]:
+        """Retrieval tables (plain and DSL), twin-pair order accuracy and order-blind pair R@1 on a split."""
+        from clipvip.analysis.order import order_accuracy, pair_recall_at_1
+        from clipvip.data.annotations import record_id
+        from clipvip.data.cache import open_cache
+        from clipvip.train.evaluate import evaluate_retrieval
+
+        s = self.settings
+        res = evaluate_retrieval(model, self.world.tokenizer, self.world.paths[split], num_frames=s.num_frames,
+                                 image_size=s.image_size, max_length=s.max_length, batch_size=64,
+                                 cache=open_cache("memory"), keep_similarity=True, dsl=True)
+        assert res is not None
+        sim = res.pop("similarity")
+        t2v = res.pop("text_to_video")
+        if res["failures"]:
+            raise RuntimeError(f"{split}: generated clips failed to decode: {res['failures'][:3]}")
+        recs = self.world.split_records[split]
+        from clipvip.analysis.order import twin_columns
+
+        twin = twin_columns([record_id(r) for r in recs], [r.get("twin") for r in recs])
+        out = {k: v for k, v in res.items() if isinstance(v, dict)}
+        out["order"] = {"acc": order_accuracy(sim, t2v, twin)}
+        out["pair"] = {"R1": pair_recall_at_1(sim, t2v, twin)}
+        try:  # R@1 with ties at the top counted 1/k (frame mean pooling ties twins exactly)
+            from clipvip.analysis.order import fair_recall_at_1
+        except ImportError:  # pragma: no cover - older analysis package
+            return out
+        out["fair"] = {"R1": fair_recall_at_1(sim, t2v)}
+        return out
+
+
+def _curve(history: list[dict[str, Any]]) -> list[tuple[int, float]]:
+    return [(int(h["step"]), float(h["metrics"]["t2v"]["R1"])) for h in history if h.get("metrics")]
+
+
+DEMO_OWNER = "clipvip demo"
+#: The sub-folders of ``--out`` the demo writes; each carries the demo's marker and only such are replaced.
+DEMO_FOLDERS = ("world", "runs", "model", "test_videos", "index")
+
+
+def _fresh_owned(folder: Path) -> None:
+    """Replace ``folder`` (absent, empty or the demo's own) by an empty folder carrying the demo's marker."""
+    remove_owned(folder, DEMO_OWNER)
+    folder.mkdir(parents=True)
+    mark_owned(folder, DEMO_OWNER)
 
 
 def run_demo(
@@ -105,16 +226,19 @@ def run_demo(
 ) -> dict[str, Any]:
     """Run the whole demo into ``out_dir`` and return the results (also written to ``results.json``).
 
-    ``settings`` overrides the preset picked by ``quick`` (tests use smaller ones). ``threads`` sets
-    torch's intra-op threads for the run (default 1: the tiny model's ops are too small to
-    gain from more, and on a shared machine extra threads only wait for each other; None keeps torch's).
+    ``seed`` seeds the world and every run; the attention ablation uses seeds ``seed, seed + 1, ...``
+    (``settings.attention_seeds`` of them). ``settings`` overrides the preset picked by ``quick`` (tests use
+    smaller ones). ``threads`` sets torch's intra-op threads for the run (default 1: the tiny model's ops
+    are too small to gain from more; None keeps torch's).
     """
-    from clipvip.demo.world import build_world, twin_groups
+    from clipvip.demo.world import build_world
     from clipvip.weights import inflate
 
     echo = echo or (lambda msg: print(msg, flush=True))
     settings = settings or preset(quick)
     out = Path(out_dir).resolve()
+    for name in DEMO_FOLDERS:  # refuse before any work: only folders an earlier demo wrote are replaced
+        check_replaceable(out / name, DEMO_OWNER)
     out.mkdir(parents=True, exist_ok=True)
     old_threads = torch.get_num_threads()
     if threads:
@@ -123,160 +247,158 @@ def run_demo(
     clock = Stopwatch()
     cpu0 = time.process_time()
     results: dict[str, Any] = {
-        "demo": {"preset": settings.name, "seed": seed, "settings": settings.to_dict(),
+        "demo": {"preset": settings.name, "seed": seed, "settings": settings.to_dict(), "selection": SELECTION,
                  "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "machine": {"python": platform.python_version(), "torch": torch.__version__,
                              "platform": platform.platform(), "cpus": os.cpu_count(),
                              "torch_threads": torch.get_num_threads()}},
     }
     try:
-        echo(f"clipvip demo ({settings.name}): output in {out}")
+        echo(f"clipvip demo ({settings.name}, seed {seed}): output in {out}")
 
         # ------------------------------------------------------------------ world
         t = _header(echo, clock, f"Generating the synthetic world ({settings.num_videos} videos, "
                                  f"{settings.image_size}x{settings.image_size}, {settings.num_frames} frames)")
-        world_dir = out / "world"
-        if world_dir.exists():
-            shutil.rmtree(world_dir)
-        world = build_world(world_dir, settings, seed, progress)
+        for name in ("world", "runs"):
+            _fresh_owned(out / name)
+        world = build_world(out / "world", settings, seed, progress)
         results["world"] = world.info
         echo("   " + ", ".join(f"{k} {v}" for k, v in world.info.items() if k != "root"))
-        clock.record("world", t)
-        vocab = len(world.tokenizer)
-        test = world.splits["test"]
-        # Selection on val; a world too small to have val clips falls back to the last step (said in the log).
-        val = world.splits["val"] if len(world.splits["val"].clips) else None
-        if val is None:
-            echo("   warning: the world has no val clips; fine-tuning keeps the last step")
-        train_rows = world.pair_rows("train")
-        # Batches hold both clips of a reverse-order twin pair (hard negatives that differ only in order).
-        finetune_task = engine.PairTask(clips=world.splits["train"].clips, texts=world.splits["train"].texts,
-                                        text_rows=train_rows, groups=twin_groups(world.split_records["train"]))
-        chance = 100.0 / max(1, len(test.clips))
+        runner = Runner(out, settings, world, progress)
+        paths = world.paths
+        chance = 100.0 / max(1, len(world.split_records["test"]))
         results["chance_R1"] = round(chance, 2)
+        clock.record("world", t)
 
         # ------------------------------------------------------------------ stage 0
         t = _header(echo, clock, "Stage 0: image-text CLIP on single frames and their captions")
         torch.manual_seed(seed)
-        image_model = engine_model(settings, vocab, num_proxies=1, attention="proxy")
-        image_task = engine.PairTask(clips=world.images.pixels, texts=world.image_texts,
-                                     text_rows=[[i] for i in range(len(world.images))])
-        fit0 = engine.fit(image_model, image_task, steps=settings.image_steps, batch_size=settings.batch_size,
-                          lr=settings.image_lr, weight_decay=settings.weight_decay, seed=seed,
-                          desc="stage 0 image-text", progress=progress)
+        from clipvip.model.clipvip import CLIPViP
+
+        init0 = runner.save_init("stage0", CLIPViP(model_config(settings, world.tokenizer, num_proxies=1)))
+        image_model, _ = runner.train(runner.recipe(
+            "stage0_image_text", init=init0, task="image_text", train=paths["images"],
+            steps=settings.image_steps, lr=settings.image_lr, seed=seed, group=False))
         image_model.set_attention("frame")
-        zs_image = engine.evaluate(image_model, test)
-        image_model.set_attention("proxy")
-        echo(f"   {fit0.steps} steps in {fit0.seconds:.1f}s, loss {fit0.final_loss:.3f}; zero-shot on test "
-             f"videos (frame mean pooling): {_brief(zs_image)}")
+        zs_image = runner.evaluate(image_model)
+        echo(f"   zero-shot on test videos (frame mean pooling): {_brief(zs_image)}")
+        image_state = {k: v.clone() for k, v in image_model.state_dict().items()}
         clock.record("stage0_image_text", t)
 
         # ------------------------------------------------------------------ stage 1
         t = _header(echo, clock, f"Stage 1: post-pretraining CLIP-ViP with OCL (variant {settings.ocl_variant}) on "
                                  f"videos + subtitles + auxiliary captions")
-        video_config = model_config(settings, vocab, num_proxies=settings.num_proxies)
-        pretrained: dict[str, Any] = {}
+        init1 = runner.save_init("stage1", inflate(image_state, runner.video_config,
+                                                   generator=torch.Generator().manual_seed(seed),
+                                                   source="the stage-0 image model"))
         pre_runs: dict[str, dict[str, Any]] = {}
+        pre_dirs: dict[str, Path] = {}
 
-        def post_pretrain(variant: str, steps: int, label: str) -> Any:
-            torch.manual_seed(seed)
-            model = inflate(image_model.state_dict(), video_config, source="the stage-0 image model")
-            task = engine.OCLTask(clips=world.pretrain, subtitles=world.subtitles, captions=world.captions,
-                                  has_caption=world.has_caption, variant=variant,
-                                  groups=twin_groups(world.pretrain_records))
-            fit = engine.fit(model, task, steps=steps, batch_size=settings.batch_size, lr=settings.pretrain_lr,
-                             weight_decay=settings.weight_decay, seed=seed, desc=label, progress=progress)
-            zs = engine.evaluate(model, test)
-            pre_runs[variant] = {"steps": fit.steps, "seconds": round(fit.seconds, 2),
-                                 "final_loss": round(fit.final_loss, 4), "zero_shot_test": zs}
+        def post_pretrain(variant: str, steps: int, name: str) -> Any:
+            model, res = runner.train(runner.recipe(
+                name, init=init1, task="pretrain", train=paths["pretrain"], steps=steps,
+                lr=settings.pretrain_lr, seed=seed, variant=variant, lr_mult=settings.lr_mult))
+            pre_runs[variant] = {"steps": steps, "final_loss": res["final_loss"],
+                                 "zero_shot_test": runner.evaluate(model)}
+            pre_dirs[variant] = Path(res["output_dir"]) / "last"
             return model
 
-        main_model = post_pretrain(settings.ocl_variant, settings.pretrain_steps, "stage 1 OCL")
-        pretrained[settings.ocl_variant] = main_model
+        main_pre = post_pretrain(settings.ocl_variant, settings.pretrain_steps, f"stage1_ocl_{settings.ocl_variant}")
         zs_video = pre_runs[settings.ocl_variant]["zero_shot_test"]
         echo(f"   zero-shot on test after post-pretraining: {_brief(zs_video)}")
-        stage1_state = copy.deepcopy(main_model.state_dict())
+        del main_pre
+        stage1_dir = pre_dirs[settings.ocl_variant]
         clock.record("stage1_post_pretrain", t)
 
-        # ------------------------------------------------------------------ stage 2
-        t = _header(echo, clock, "Stage 2: fine-tuning on downstream captions (train split, best on val)")
+        def finetune(start: Path, attention: str, steps: int, name: str, run_seed: int,
+                     with_val: bool = True) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+            model, res = runner.train(runner.recipe(
+                name, init=start, task="retrieval", train=paths["train"], val=paths["val"] if with_val else None,
+                steps=steps, lr=settings.finetune_lr, seed=run_seed, attention=attention,
+                lr_mult=settings.lr_mult))
+            return model, res, runner.evaluate(model)
 
-        def finetune(start_state: dict[str, torch.Tensor], attention: str, steps: int, label: str,
-                     eval_every: int) -> tuple[Any, engine.FitResult, dict[str, Any]]:
-            torch.manual_seed(seed)
-            model = engine_from_state(video_config, start_state)
-            model.set_attention(attention)
-            fit = engine.fit(model, finetune_task, steps=steps, batch_size=settings.batch_size,
-                             lr=settings.finetune_lr, weight_decay=settings.weight_decay, seed=seed, val=val,
-                             eval_every=eval_every, desc=label, progress=progress)
-            return model, fit, engine.evaluate(model, test)
-
-        final_model, fit2, final_test = finetune(stage1_state, "proxy", settings.finetune_steps,
-                                                 "stage 2 fine-tune", settings.eval_every)
-        echo(f"   best val at step {fit2.best['step'] if fit2.best else '-'}; test: {_brief(final_test)} "
-             f"(chance R@1 {chance:.1f})")
+        # ------------------------------------------------------------------ stage 2 + attention ablation
+        seeds = [seed + k for k in range(settings.attention_seeds)]
+        t = _header(echo, clock, f"Stage 2 and the attention ablation: fine-tuning from the same post-pretrained "
+                                 f"weights with {', '.join(settings.attention_modes)} attention, seeds {seeds}")
+        att_runs: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in settings.attention_modes}
+        final_model = None
+        for run_seed in seeds:
+            for mode in settings.attention_modes:
+                model, res, metrics = finetune(stage1_dir, mode, settings.finetune_steps,
+                                               f"stage2_{mode}_seed{run_seed}", run_seed)
+                att_runs[mode][run_seed] = {"test": metrics, "curve": _curve(res["history"]),
+                                            "steps": res["steps"]}
+                echo(f"   seed {run_seed} {mode:>5}: {_brief(metrics)}")
+                if mode == "proxy" and final_model is None:
+                    final_model = model
+        if final_model is None:
+            raise ValueError("settings.attention_modes must include 'proxy' (the main model)")
+        attention = {"seeds": seeds, "selection": SELECTION, "modes": {}}
+        for mode, per_seed in att_runs.items():
+            ms = [per_seed[s_]["test"] for s_ in seeds]
+            attention["modes"][mode] = {
+                "t2v_R1": [m["t2v"]["R1"] for m in ms], "v2t_R1": [m["v2t"]["R1"] for m in ms],
+                "order_acc": [m["order"]["acc"] for m in ms], "pair_R1": [m["pair"]["R1"] for m in ms],
+            }
+            if all("fair" in m for m in ms):
+                attention["modes"][mode]["t2v_R1_fair"] = [m["fair"]["R1"] for m in ms]
+            a = attention["modes"][mode]
+            echo(f"   {mode:>5} over {len(seeds)} seeds: t2v R@1 {_mean_std(a['t2v_R1'])}, "
+                 f"order acc {_mean_std(a['order_acc'])}, pair R@1 {_mean_std(a['pair_R1'])}")
+        results["attention"] = attention
+        first = seeds[0]
+        results["attention_ablation"] = {
+            mode: {"test": per_seed[first]["test"], "curve": per_seed[first]["curve"],
+                   "seeds": {str(s_): r for s_, r in per_seed.items()}}
+            for mode, per_seed in att_runs.items()}
+        final_test = att_runs["proxy"][first]["test"]
         results["main"] = {
             "rows": {
                 "stage 0 image-text CLIP, zero-shot (frame mean pooling)": zs_image,
                 f"stage 1 CLIP-ViP post-pretrained (OCL {settings.ocl_variant}), zero-shot": zs_video,
-                "stage 2 CLIP-ViP fine-tuned": final_test,
+                f"stage 2 CLIP-ViP fine-tuned (proxy attention, seed {first})": final_test,
             },
             "final": final_test,
-            "best_val": _strip(fit2.best),
-            "curves": {"proxy": _curve(fit2.history)},
+            "selection": SELECTION,
+            "curves": {f"{mode} (seed {s_})": r["curve"] for mode, per_seed in att_runs.items()
+                       for s_, r in per_seed.items()},
         }
-        clock.record("stage2_finetune", t)
+        clock.record("stage2_attention", t)
 
         # ------------------------------------------------------------------ model out
         model_dir = out / "model"
-        if model_dir.exists():
-            shutil.rmtree(model_dir)
+        remove_owned(model_dir, DEMO_OWNER)
         final_model.save_pretrained(model_dir, tokenizer=world.tokenizer)
+        mark_owned(model_dir, DEMO_OWNER)
         results["model_dir"] = str(model_dir)
 
-        # ------------------------------------------------------------------ ablation: attention
-        t = _header(echo, clock, "Ablation: attention mode (fine-tuned from the same post-pretrained weights)")
-        att_rows: dict[str, Any] = {}
-        for mode in settings.attention_modes:
-            if mode == "proxy" and settings.ablation_finetune_steps == settings.finetune_steps:
-                model, fit, metrics = final_model, fit2, final_test
-            else:
-                model, fit, metrics = finetune(stage1_state, mode, settings.ablation_finetune_steps,
-                                               f"ablation attention={mode}", settings.eval_every)
-            row = {"test": metrics, "best_val": _strip(fit.best), "curve": _curve(fit.history),
-                   "seconds": round(fit.seconds, 2)}
-            att_rows[mode] = row
-            echo(f"   {mode:>5}: {_brief(metrics)}")
-        results["attention_ablation"] = att_rows
-        results["main"]["curves"].update({f"ablation {m}": r["curve"] for m, r in att_rows.items()})
-        clock.record("ablation_attention", t)
-
         # ------------------------------------------------------------------ ablation: OCL variants
-        t = _header(echo, clock, "Ablation: OCL variants and auxiliary captions (short post-pretraining runs)")
-        variants = list(dict.fromkeys([*settings.ablation_variants, "vs", "d"]))
-        for variant in variants:
-            if variant == settings.ocl_variant and settings.ablation_pretrain_steps == settings.pretrain_steps:
-                continue
-            pretrained[variant] = post_pretrain(variant, settings.ablation_pretrain_steps, f"ablation OCL {variant}")
+        t = _header(echo, clock, f"Ablation: OCL variants and auxiliary captions ({settings.ocl_pretrain_steps} "
+                                 f"post-pretraining + {settings.ocl_finetune_steps} fine-tuning steps each)")
+        variants = list(dict.fromkeys([*settings.ablation_variants, "vs", settings.ocl_variant]))
         ocl_rows: dict[str, Any] = {}
         for variant in variants:
-            state = copy.deepcopy(pretrained[variant].state_dict())
-            _, fit, metrics = finetune(state, "proxy", settings.ocl_finetune_steps,
-                                       f"ablation OCL {variant} fine-tune", 0)
+            if not (variant == settings.ocl_variant and settings.ocl_pretrain_steps == settings.pretrain_steps):
+                post_pretrain(variant, settings.ocl_pretrain_steps, f"ablation_ocl_{variant}")
+            _, _, metrics = finetune(pre_dirs[variant], "proxy", settings.ocl_finetune_steps,
+                                     f"ablation_ocl_{variant}_finetune", seed, with_val=False)
             ocl_rows[variant] = {**pre_runs[variant], "finetuned_test": metrics}
             echo(f"   {variant:>2}: zero-shot {_brief(pre_runs[variant]['zero_shot_test'])}; "
                  f"fine-tuned {_brief(metrics)}")
         results["ocl_ablation"] = {v: ocl_rows[v] for v in variants if v != "vs"}
         results["aux_caption_ablation"] = {
             "without auxiliary captions (vs)": ocl_rows["vs"],
-            "with auxiliary captions (d)": ocl_rows["d"],
+            f"with auxiliary captions ({settings.ocl_variant})": ocl_rows[settings.ocl_variant],
         }
         clock.record("ablation_ocl", t)
 
         # ------------------------------------------------------------------ NMI domain gap
         t = _header(echo, clock, "Language domain gap (NMI of K-means clusters vs corpus)")
+        image_model.set_attention("proxy")
         results["domain_gap"] = domain_gap(world, {"stage 0 image-text model": image_model,
-                                                   "final CLIP-ViP": final_model}, seed)
+                                                   "final CLIP-ViP": final_model}, seed, settings.max_length)
         for name, entry in results["domain_gap"].items():
             echo(f"   {name}: " + ", ".join(f"{p} {v:.3f}" for p, v in entry["pairs"].items()))
         clock.record("domain_gap", t)
@@ -300,56 +422,43 @@ def run_demo(
         from clipvip.demo.report import write_json
 
         write_json(out / "results.json", results)
-        echo(f"\nDone in {clock.total:.1f}s. Report: {out / 'report.md'}; model: {model_dir}")
+        echo(f"\nDone in {clock.total:.1f}s wall ({results['timings']['cpu_s']:.0f}s CPU). "
+             f"Report: {out / 'report.md'}; model: {model_dir}")
         return results
     finally:
         torch.set_num_threads(old_threads)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
-def engine_model(settings: DemoSettings, vocab: int, num_proxies: int, attention: str = "proxy") -> Any:
-    from clipvip.model.clipvip import CLIPViP
-
-    return CLIPViP(model_config(settings, vocab, num_proxies=num_proxies, attention=attention))
-
-
-def engine_from_state(config: Any, state: dict[str, torch.Tensor]) -> Any:
-    from clipvip.model.clipvip import CLIPViP
-
-    model = CLIPViP(copy.deepcopy(config))
-    model.load_state_dict(state)
-    return model
-
-
-def domain_gap(world: Any, models: dict[str, Any], seed: int) -> dict[str, Any]:
+def domain_gap(world: Any, models: dict[str, Any], seed: int, max_length: int) -> dict[str, Any]:
     """NMI matrix between subtitles, auxiliary captions and downstream captions, per text encoder."""
-    from clipvip.analysis.domain_gap import nmi_matrix
+    import random
 
+    from clipvip.analysis.domain_gap import nmi_matrix
+    from clipvip.data.annotations import read_jsonl
+    from clipvip.demo.world import record_texts
+    from clipvip.train.evaluate import encode_texts
+
+    pre = read_jsonl(world.paths["pretrain"])
     corpora = {
-        "subtitles": world.subtitles,
-        "auxiliary captions": _subset(world.captions, world.has_caption),
-        "downstream captions": world.splits["train"].texts,
+        "subtitles": [str(r.get("subtitle") or "") for r in pre],
+        "auxiliary captions": [str(r["caption"]) for r in pre if r.get("caption")],
+        "downstream captions": [t for r in world.split_records["train"] for t in record_texts(r)],
     }
-    n = min(len(b.texts) for b in corpora.values())
+    n = min(len(v) for v in corpora.values())
     out: dict[str, Any] = {}
     for name, model in models.items():
         feats = {}
-        for corpus, bank in corpora.items():
-            g = torch.Generator().manual_seed(seed)
-            pick = torch.randperm(len(bank.texts), generator=g)[:n]
-            sub = engine.TextBank(bank.input_ids[pick], bank.attention_mask[pick], [bank.texts[i] for i in pick])
-            feats[corpus] = engine.encode_text_bank(model, sub).numpy()
+        for corpus, texts in corpora.items():
+            pick = random.Random(seed).sample(range(len(texts)), n)
+            feats[corpus] = encode_texts(model, world.tokenizer, [texts[i] for i in pick],
+                                         max_length=max_length).numpy()
         names, matrix = nmi_matrix(feats, seed=seed)
         pairs = {f"{names[i]} | {names[j]}": float(matrix[i, j])
                  for i in range(len(names)) for j in range(i + 1, len(names))}
         out[name] = {"names": names, "matrix": [[None if v != v else float(v) for v in r] for r in matrix],
                      "pairs": pairs, "texts_per_corpus": n}
     return out
-
-
-def _subset(bank: engine.TextBank, mask: torch.Tensor) -> engine.TextBank:
-    index = mask.nonzero().reshape(-1)
-    return engine.TextBank(bank.input_ids[index], bank.attention_mask[index], [bank.texts[i] for i in index])
 
 
 def search_demo(out: Path, model_dir: Path, world: Any, settings: DemoSettings, echo: Echo,
@@ -364,14 +473,11 @@ def search_demo(out: Path, model_dir: Path, world: Any, settings: DemoSettings, 
     from clipvip.search.service import SearchService
 
     videos = out / "test_videos"
-    if videos.exists():
-        shutil.rmtree(videos)
-    videos.mkdir(parents=True)
+    _fresh_owned(videos)
     for rec in world.split_records["test"]:
         shutil.copy2(rec["video"], videos / Path(rec["video"]).name)
     index_dir = out / "index"
-    if index_dir.exists():
-        shutil.rmtree(index_dir)
+    _fresh_owned(index_dir)
     pipeline = load(str(model_dir), device="cpu")
     stats = build_index(videos, index_dir, pipeline, batch_size=16, progress=progress, echo=echo)
     service = SearchService(index_dir, pipeline)
@@ -393,9 +499,13 @@ def search_demo(out: Path, model_dir: Path, world: Any, settings: DemoSettings, 
     # Every test caption through the index: the file-based path (decode -> transform -> encode) must agree
     # with the in-memory evaluation of the same model.
     all_top1 = 0
-    texts = world.splits["test"].texts.texts
-    t2v = world.splits["test"].text_to_video
-    names = [Path(world.split_records["test"][v]["video"]).name for v in t2v]
+    from clipvip.demo.world import record_texts
+
+    texts, names = [], []
+    for rec in world.split_records["test"]:
+        for text in record_texts(rec):
+            texts.append(text)
+            names.append(Path(rec["video"]).name)
     for text, name in zip(texts, names):
         top = service.search(text, k=1)
         all_top1 += int(bool(top) and top[0]["path"] == name)

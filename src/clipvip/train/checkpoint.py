@@ -24,13 +24,19 @@ import os
 import random
 import re
 import shutil
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from clipvip.atomic import make_temp_dir
+
+class CheckpointStateError(ValueError):
+    """A run checkpoint that cannot be resumed (empty, half-written, foreign or truncated files); the
+    message is one line naming the file, the reason and the way out."""
+
 
 STATE_FILE = "trainer_state.pt"
 MARKER_FILE = "checkpoint.json"
@@ -125,7 +131,7 @@ def save_checkpoint(run_dir: str | Path, name: str, model: torch.nn.Module, toke
     """
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
+    tmp = make_temp_dir(run_dir, f".{name}.tmp-")
     try:
         model.save_pretrained(tmp, tokenizer=tokenizer)
         if trainer_state is not None:
@@ -148,7 +154,7 @@ def copy_checkpoint(src: str | Path, run_dir: str | Path, name: str,
     keeping ``best/`` costs no extra disk space or time. Top-level entries named in ``exclude`` are left out.
     """
     src, run_dir = Path(src), Path(run_dir)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{name}.tmp-", dir=run_dir))
+    tmp = make_temp_dir(run_dir, f".{name}.tmp-")
     try:
         for item in src.iterdir():
             if item.name == MARKER_FILE or item.name in exclude:
@@ -216,15 +222,79 @@ def prune_kept(run_dir: str | Path, after_step: int) -> list[Path]:
     return removed
 
 
+_FIX = "remove the folder or start over with run.resume=never (or another run.output_dir)"
+
+
 def load_trainer_state(path: str | Path) -> dict[str, Any]:
-    """``trainer_state.pt`` of a checkpoint folder, loaded without executing pickle code."""
+    """``trainer_state.pt`` of a checkpoint folder, loaded without executing pickle code and checked
+    against the schema :func:`clipvip.train.loop` writes (so a foreign or damaged file fails here, in
+    one line naming it, instead of deep inside the optimiser)."""
     file = Path(path) / STATE_FILE
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: no trainer state (is this a run checkpoint folder?)")
+        raise CheckpointStateError(f"{file}: no trainer state (not a resumable run checkpoint); {_FIX}")
+    if file.stat().st_size == 0:
+        raise CheckpointStateError(f"{file}: empty file (an interrupted write?); {_FIX}")
     try:
-        return torch.load(file, map_location="cpu", weights_only=True)
-    except Exception as exc:  # corrupted or not ours: say which file and why
-        raise RuntimeError(f"{file}: cannot load trainer state: {exc}") from exc
+        state = torch.load(file, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - corrupted, truncated or pickled code: say which file and why
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise CheckpointStateError(f"{file}: not a readable trainer state ({type(exc).__name__}: {first:.200}); "
+                                   f"{_FIX}") from None
+    check_trainer_state(state, file)
+    return state
+
+
+def check_trainer_state(state: Any, file: str | Path) -> None:
+    """Raise :class:`CheckpointStateError` unless ``state`` has the trainer-state schema."""
+    def bad(what: str) -> CheckpointStateError:
+        return CheckpointStateError(f"{file}: not a clipvip trainer state ({what}); {_FIX}")
+
+    if not isinstance(state, dict):
+        raise bad(f"holds a {type(state).__name__}, expected a dict")
+    for key, kind in (("optimizer", dict), ("scheduler", dict), ("run", dict), ("rng", list)):
+        if key not in state:
+            raise bad(f"no {key!r} entry")
+        if not isinstance(state[key], kind):
+            raise bad(f"{key!r} is a {type(state[key]).__name__}, expected a {kind.__name__}")
+    opt = state["optimizer"]
+    if not isinstance(opt.get("state"), dict) or not isinstance(opt.get("param_groups"), list):
+        raise bad("'optimizer' lacks 'state'/'param_groups'")
+    run = state["run"]
+    for key in ("step", "epoch", "step_in_epoch"):
+        value = run.get(key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            raise bad(f"run.{key} is {value!r}, expected an integer >= 0")
+    if not isinstance(run.get("history", []), list):
+        raise bad("run.history is not a list")
+    best = run.get("best_metric")
+    if best is not None and (isinstance(best, bool) or not isinstance(best, (int, float))):
+        raise bad(f"run.best_metric is {best!r}, expected a number or null")
+    if not state["rng"] or not all(isinstance(r, dict) and {"torch", "python", "numpy"} <= set(r)
+                                   for r in state["rng"]):
+        raise bad("'rng' holds no RNG states")
+    if "scaler" in state and not isinstance(state["scaler"], dict):
+        raise bad("'scaler' is not a dict")
+    if "config" in state and not isinstance(state["config"], dict):
+        raise bad("'config' is not a dict")
+
+
+def remove_leftovers(run_dir: str | Path) -> list[Path]:
+    """Remove the hidden temporary folders an interrupted checkpoint write leaves in ``run_dir``
+    (``.last.tmp-*``, ``.last.old-*``, ``.best.*``, ``.step_*.tmp-*``, ``.step_*.stale-*``: names only this
+    module creates). Call it after :func:`find_checkpoint` has recovered a folder left aside, and only from the
+    process that writes the run. An ``.old-*`` folder is removed only when the folder it stood in for exists."""
+    run_dir = Path(run_dir)
+    removed = []
+    pattern = re.compile(r"^\.(last|best|step_\d{8,})\.(tmp-.+|old-\d+-\d+|stale-\d+-\d+)$")
+    for child in sorted(run_dir.iterdir()) if run_dir.is_dir() else []:
+        match = pattern.match(child.name)
+        if not match or child.is_symlink() or not child.is_dir():
+            continue
+        if match.group(2).startswith("old-") and not is_complete(run_dir / match.group(1)):
+            continue  # the only copy of that checkpoint: find_checkpoint may still need it
+        shutil.rmtree(child, ignore_errors=True)
+        removed.append(child)
+    return removed
 
 
 def load_model_weights_(model: torch.nn.Module, path: str | Path) -> None:
@@ -233,7 +303,11 @@ def load_model_weights_(model: torch.nn.Module, path: str | Path) -> None:
 
     file = Path(path) / "model.safetensors"
     if file.is_file():
-        state = load_file(str(file))
+        try:
+            state = load_file(str(file))
+        except Exception as exc:  # noqa: BLE001 - SafetensorError (truncated, empty, not safetensors), OSError
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            raise CheckpointStateError(f"{file}: unreadable weights ({first:.200}); {_FIX}") from None
     else:  # a model format we do not know file-wise: let the model class read it
         from clipvip.model.clipvip import CLIPViP
 
@@ -245,9 +319,10 @@ def load_model_weights_(model: torch.nn.Module, path: str | Path) -> None:
     missing_params = [n for n in missing if n in param_names]
     unexpected = sorted(set(state) - set(own))
     if missing_params or unexpected:
-        raise RuntimeError(f"{file}: weights do not match the model (missing {missing_params[:5]}, "
-                           f"unexpected {unexpected[:5]})")
+        raise CheckpointStateError(f"{file}: weights do not match the model (missing {missing_params[:5]}, "
+                                   f"unexpected {unexpected[:5]}); {_FIX}")
     for key, value in state.items():
         if own[key].shape != value.shape:
-            raise RuntimeError(f"{file}: {key} has shape {tuple(value.shape)}, model has {tuple(own[key].shape)}")
+            raise CheckpointStateError(f"{file}: {key} has shape {tuple(value.shape)}, model has "
+                                       f"{tuple(own[key].shape)}; {_FIX}")
     model.load_state_dict(state, strict=False)

@@ -10,6 +10,7 @@ any number of GPUs.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import types
 import typing
@@ -21,7 +22,7 @@ import yaml
 
 from clipvip.atomic import atomic_write_text  # used by TrainConfig.save; importable from here as before
 
-TASKS = ("retrieval", "pretrain")
+TASKS = ("retrieval", "pretrain", "image_text")
 PRECISIONS = ("fp32", "bf16", "fp16")
 OCL_VARIANTS = ("a", "b", "c", "d", "vs")
 SELECT_ON = ("val", "test")
@@ -59,6 +60,11 @@ class DataSection:
     Relative paths are resolved against ``root`` when it is set, so one override (``data.root=...``) points a
     recipe at another copy of a dataset. ``generate_synthetic`` makes the tiny recipes self-contained: the
     synthetic world is generated at ``root`` when ``train`` is missing there.
+
+    ``cache`` decodes each clip once (:mod:`clipvip.data.cache`): ``memory``, ``memory:SIZE_MB`` or
+    ``disk:DIR`` (uint8 files, for real datasets); it needs ``sampling: uniform``. ``group_by`` names a
+    record field linking rows that must share a training batch (``twin``: the synthetic world's
+    reverse-order twins), drawn by :class:`~clipvip.train.sampler.GroupBatchSampler`.
     """
 
     task: str = "retrieval"
@@ -74,6 +80,8 @@ class DataSection:
     image_text_weight: float = 1.0
     eval_batch_size: int = 16
     generate_synthetic: bool = False
+    cache: str | None = None
+    group_by: str | None = None
 
     def resolve(self, path: str | None) -> str | None:
         """``path`` made absolute against ``root`` (unchanged when absolute or when no root is set)."""
@@ -90,7 +98,8 @@ class OptimSection:
     """AdamW and its schedule (reference §6.1: betas 0.9/0.98, eps 1e-6, warmup 1 % then cosine).
 
     ``epochs`` counts passes over the training annotations (one item per video); ``max_steps``, when set,
-    wins over ``epochs``. ``lr_mul`` multiplies the LR of parameters whose name contains ``lr_mul_prefix``
+    wins over ``epochs``. ``lr_mult`` maps name substrings to LR multipliers (``{temporal_embedding: 10}``,
+    each key its own parameter groups); ``lr_mul`` multiplies the LR of parameters whose name contains ``lr_mul_prefix``
     (DiDeMo B/16 uses 10x on ``logit_scale``).
     """
 
@@ -101,6 +110,7 @@ class OptimSection:
     warmup_ratio: float = 0.01
     lr_mul: float = 1.0
     lr_mul_prefix: str = ""
+    lr_mult: dict[str, float] = field(default_factory=dict)
     grad_clip: float = 1.0
     epochs: float = 1.0
     max_steps: int | None = None
@@ -185,8 +195,12 @@ class TrainConfig:
                 f"model.init={self.model.init!r} must be 'config:NAME', 'clip:NAME_OR_DIR', "
                 f"'official:FILE.pt' or 'pretrained:DIR'"
             )
-        kind = self.model.init.split(":", 1)[0]
+        kind, _, ref = self.model.init.partition(":")
         _choice("model.init (prefix)", kind, ("config", "clip", "official", "pretrained"))
+        if not ref.strip():
+            raise ConfigError(f"model.init={self.model.init!r} names nothing after '{kind}:' (e.g. "
+                              f"config:clipvip-tiny, clip:openai/clip-vit-base-patch32, official:FILE.pt, "
+                              f"pretrained:runs/x/best)")
         for key, value in (("run.global_batch_size", self.run.global_batch_size),
                            ("model.num_frames", self.model.num_frames),
                            ("model.max_length", self.model.max_length),
@@ -208,9 +222,106 @@ class TrainConfig:
         if self.run.select_on == "val" and not self.data.val and self.data.test:
             # Not an error: the run trains and reports test, but cannot select; say why in the log.
             pass
+        self._check_ranges()
+
+    def _check_ranges(self) -> None:
+        """Numeric ranges (floats are already finite): every key a typo or a sign error could break."""
+        o, d, r, m = self.optim, self.data, self.run, self.model
+        checks: list[tuple[str, Any, bool, str]] = [
+            ("optim.lr", o.lr, o.lr > 0, "> 0"),
+            ("optim.weight_decay", o.weight_decay, o.weight_decay >= 0, ">= 0"),
+            ("optim.eps", o.eps, o.eps > 0, "> 0"),
+            ("optim.lr_mul", o.lr_mul, o.lr_mul > 0, "> 0"),
+            ("optim.grad_clip", o.grad_clip, o.grad_clip >= 0, ">= 0 (0 = no clipping)"),
+            ("optim.epochs", o.epochs, o.epochs > 0, "> 0"),
+            ("optim.max_steps", o.max_steps, o.max_steps is None or o.max_steps >= 1, ">= 1 (or null: use epochs)"),
+            ("data.num_workers", d.num_workers, d.num_workers >= 0, ">= 0"),
+            ("data.image_text_weight", d.image_text_weight, d.image_text_weight >= 0, ">= 0"),
+            ("model.eval_num_frames", m.eval_num_frames, m.eval_num_frames is None or m.eval_num_frames >= 1,
+             ">= 1 (or null: model.num_frames)"),
+            ("run.eval_every", r.eval_every, r.eval_every >= 0, ">= 0 (steps; 0 = every epoch)"),
+            ("run.save_every", r.save_every, r.save_every >= 0, ">= 0 (steps; 0 = off)"),
+            ("run.log_every", r.log_every, r.log_every >= 1, ">= 1 (steps)"),
+        ]
+        checks += [(f"optim.betas[{i}]", b, 0.0 <= b < 1.0, "in [0, 1)") for i, b in enumerate(o.betas)]
+        checks += [(f"optim.lr_mult.{k}", v, v > 0, "> 0") for k, v in o.lr_mult.items()]
+        for key, value, ok, want in checks:
+            if not ok:
+                raise ConfigError(f"{key} must be {want}, got {value!r}")
+        if r.device is not None:
+            import torch
+
+            try:
+                torch.device(r.device)
+            except (RuntimeError, TypeError):
+                raise ConfigError(f"run.device={r.device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") from None
+
+    def check_runtime(self) -> None:
+        """What only this machine can answer: is ``run.device`` there? Called when training starts."""
+        import torch
+
+        if self.run.device is None:
+            return
+        dev = torch.device(self.run.device)
+        if dev.type == "cuda":
+            if not torch.cuda.is_available():
+                raise ConfigError(f"run.device={self.run.device}: CUDA is not available on this machine "
+                                  f"(use run.device=cpu, or leave it unset for the default)")
+            if dev.index is not None and dev.index >= torch.cuda.device_count():
+                raise ConfigError(f"run.device={self.run.device}: only {torch.cuda.device_count()} CUDA "
+                                  f"device(s) here")
+        elif dev.type == "mps" and not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+            raise ConfigError(f"run.device={self.run.device}: MPS is not available on this machine")
 
 
 SECTIONS = {"model": ModelSection, "data": DataSection, "optim": OptimSection, "run": RunSection}
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses duplicate keys (plain YAML keeps the last one silently)."""
+
+    def construct_mapping(self, node: Any, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (first at line {seen[key].start_mark.line + 1}); "
+                                f"YAML would keep the last one silently", key_node.start_mark)
+            seen[key] = key_node
+        return super().construct_mapping(node, deep=deep)
+
+
+#: Keys that may change when a run is resumed: they change how the rest of the run is observed, saved or
+#: executed, not what it learns. Any other difference is refused unless ``--allow-config-change`` is given.
+SAFE_TO_CHANGE = frozenset({
+    "optim.max_steps",  # extend or shorten the run (the schedule is recomputed for the new length)
+    "run.eval_every", "run.save_every", "run.log_every", "run.progress", "run.eval_at_start",
+    "run.output_dir", "run.resume", "run.device",
+    "data.num_workers", "data.eval_batch_size", "data.root", "data.video_root", "data.generate_synthetic",
+})
+
+
+def flatten(cfg: TrainConfig | Mapping[str, Any]) -> dict[str, Any]:
+    """``{"optim.lr": 1e-6, ...}``: one entry per recipe key."""
+    data = cfg.to_dict() if isinstance(cfg, TrainConfig) else cfg
+    return {f"{section}.{key}": value for section, fields in data.items() if isinstance(fields, Mapping)
+            for key, value in fields.items()}
+
+
+def config_changes(old: TrainConfig | Mapping[str, Any], new: TrainConfig) -> tuple[list[str], list[str]]:
+    """Keys that differ between the config a run was started with and ``new``: ``(unsafe, safe)``, each
+    ``"key: old -> new"``. Keys absent from ``old`` (added to the package since) count as unchanged when
+    ``new`` has the default."""
+    before, after = flatten(old), flatten(new)
+    defaults = flatten(TrainConfig())
+    unsafe, safe = [], []
+    for key in sorted(after):
+        was = before.get(key, defaults.get(key))
+        if was != after[key] and not (isinstance(was, (int, float)) and isinstance(after[key], (int, float))
+                                      and not isinstance(was, bool) and float(was) == float(after[key])):
+            (safe if key in SAFE_TO_CHANGE else unsafe).append(f"{key}: {was!r} -> {after[key]!r}")
+    return unsafe, safe
 
 
 def _choice(key: str, value: Any, allowed: Iterable[str]) -> None:
@@ -241,16 +352,23 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             raise ConfigError(f"{key} must be a number, got {value!r}")
         if isinstance(value, str):  # YAML reads "1e-6" (no dot) as a string
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise ConfigError(f"{key} must be a number, got {value!r}") from None
         if not isinstance(value, (int, float)):
             raise ConfigError(f"{key} must be a number, got {value!r}")
+        if not math.isfinite(value):  # nan would silently disable every comparison it meets
+            raise ConfigError(f"{key} must be a finite number, got {value!r}")
         return float(value)
     if annotation is str:
         if isinstance(value, (dict, list)) or value is None:
             raise ConfigError(f"{key} must be a string, got {value!r}")
         return str(value)
+    if origin is dict:
+        if not isinstance(value, Mapping):
+            raise ConfigError(f"{key} must be a mapping, e.g. {{name: value}}, got {value!r}")
+        kt, vt = args if args else (str, Any)
+        return {_coerce(f"{key} (key)", k, kt): _coerce(f"{key}.{k}", v, vt) for k, v in value.items()}
     if origin is list:
         if not isinstance(value, (list, tuple)):
             raise ConfigError(f"{key} must be a list, got {value!r}")
@@ -305,9 +423,9 @@ def load_config(path_or_dict: str | Path | Mapping[str, Any] | None, overrides: 
         except OSError as exc:
             raise ConfigError(f"cannot read config {where}: {exc.strerror or exc}") from None
         try:
-            data = yaml.safe_load(text) or {}
+            data = yaml.load(text, Loader=_StrictLoader) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"config {where} is not valid YAML: {exc}") from None
+            raise ConfigError(f"config {where} is not valid YAML: {' '.join(str(exc).split())}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"config {where} must be a mapping of sections, got {type(data).__name__}")
     unknown = sorted(set(data) - set(SECTIONS))

@@ -97,12 +97,13 @@ def video_path_of(dataset: Any, i: int) -> str:
 
 
 def build_eval_dataset(path: str | Path, tokenizer: Any = None, *, num_frames: int, image_size: int,
-                       video_root: str | None = None, paragraph: bool = False) -> Any:
-    """The data package's evaluation dataset for an annotation file (videos as rows, ``texts``)."""
+                       video_root: str | None = None, paragraph: bool = False, cache: Any = None) -> Any:
+    """The data package's evaluation dataset for an annotation file (videos as rows, ``texts``); ``cache``
+    is a decoded-clip cache (:mod:`clipvip.data.cache`) or None."""
     from clipvip.data import datasets as D
 
     return D.RetrievalEvalDataset(str(path), num_frames=num_frames, image_size=image_size,
-                                  video_root=video_root, paragraph=paragraph)
+                                  video_root=video_root, paragraph=paragraph, cache=cache)
 
 
 @torch.no_grad()
@@ -193,7 +194,8 @@ def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int
                        video_root: str | None = None, paragraph: bool = False, dsl: bool = True,
                        num_workers: int = 0, progress: bool = False,
                        autocast_dtype: torch.dtype | None = None, distributed: bool = False,
-                       v2t_convention: str = "best-caption") -> dict[str, Any] | None:
+                       v2t_convention: str = "best-caption", cache: Any = None,
+                       keep_similarity: bool = False) -> dict[str, Any] | None:
     """Text→video and video→text tables (plus DSL) of ``model`` on ``data``.
 
     ``distributed=True`` (every rank of an initialised process group must call it) shards the videos across
@@ -206,6 +208,10 @@ def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int
     "invalid_videos", "num_texts", "num_videos"}``; ``failures`` is a list of ``[path, reason]`` and
     ``invalid_videos`` the sorted rows (video columns) of those failures. The tables are over all videos,
     failures included as guaranteed misses (module doc).
+
+    ``cache`` (a :mod:`clipvip.data.cache` cache) is used when ``data`` is a path. ``keep_similarity`` adds
+    ``"similarity"``, the ``[texts, videos]`` cosine matrix (a tensor: pop it before writing JSON), and
+    ``"text_to_video"`` for analyses beyond the tables (e.g. twin-pair order accuracy).
     """
     from clipvip.metrics import evaluate_similarity
 
@@ -215,7 +221,7 @@ def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int
         if not path.is_file():
             raise FileNotFoundError(f"{path}: evaluation annotations not found")
         dataset = build_eval_dataset(path, tokenizer, num_frames=num_frames, image_size=image_size,
-                                     video_root=video_root, paragraph=paragraph)
+                                     video_root=video_root, paragraph=paragraph, cache=cache)
     texts = list(dataset.texts)
     text_to_video = list(dataset.text_to_video)
     if not texts or len(dataset) == 0:
@@ -247,4 +253,7 @@ def evaluate_retrieval(model: Any, tokenizer: Any, data: Any, *, num_frames: int
     results["invalid_videos"] = invalid
     results["num_texts"] = len(texts)
     results["num_videos"] = len(dataset)
+    if keep_similarity:
+        results["similarity"] = sim
+        results["text_to_video"] = text_to_video
     return results

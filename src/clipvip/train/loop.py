@@ -20,8 +20,10 @@ One code path serves a single CPU process and ``torchrun`` + DDP (gloo on CPU, n
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import math
+import os
 import random
 import time
 from pathlib import Path
@@ -34,7 +36,7 @@ from torch import Tensor
 from clipvip.train import checkpoint as ckpt
 from clipvip.train.config import ConfigError, TrainConfig
 from clipvip.train.logging import JsonlLog, Scalars, flatten_metrics, write_json
-from clipvip.train.sampler import ResumableBatchSampler
+from clipvip.train.sampler import GroupBatchSampler, ResumableBatchSampler, groups_from_field
 from clipvip.train.wrapper import FeatureModel, move_to
 
 log = logging.getLogger("clipvip.train")
@@ -49,25 +51,48 @@ def build_model(cfg: TrainConfig) -> Any:
     from clipvip.model.clipvip import CLIPViP
 
     kind, _, ref = cfg.model.init.partition(":")
-    if kind == "config":
-        overrides: dict[str, Any] = {}
-        if cfg.model.image_size:
-            overrides["vision"] = {"image_size": cfg.model.image_size}
-        model = CLIPViP(CLIPViPConfig.from_name(ref, **overrides))
-    elif kind == "clip":
-        model = CLIPViP.from_clip(ref)
-    elif kind == "official":
-        model = CLIPViP.from_official_checkpoint(ref)
-    elif kind == "pretrained":
-        model = CLIPViP.from_pretrained(ref)
-    else:  # validated in the config; kept for direct callers
-        raise ConfigError(f"model.init={cfg.model.init!r}: unknown kind {kind!r}")
+    try:
+        if kind == "config":
+            overrides: dict[str, Any] = {}
+            if cfg.model.image_size:
+                overrides["vision"] = {"image_size": cfg.model.image_size}
+            model = CLIPViP(CLIPViPConfig.from_name(ref, **overrides))
+        elif kind == "clip":
+            model = CLIPViP.from_clip(ref)
+        elif kind == "official":
+            model = CLIPViP.from_official_checkpoint(ref)
+        elif kind == "pretrained":
+            model = CLIPViP.from_pretrained(ref)
+        else:  # validated in the config; kept for direct callers
+            raise ConfigError(f"model.init={cfg.model.init!r}: unknown kind {kind!r}")
+    except ConfigError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever a damaged or foreign file raises: one line naming it
+        known = isinstance(exc, (KeyError, ValueError, OSError))  # CheckpointError is a ValueError
+        raise ConfigError(f"model.init={cfg.model.init!r}: {'' if known else type(exc).__name__ + ': '}"
+                          f"{one_line(exc)}") from None
     if cfg.model.attention:
         model.set_attention(cfg.model.attention)
     if cfg.model.image_size and model.config.vision.image_size != cfg.model.image_size:
         raise ConfigError(f"model.image_size={cfg.model.image_size} differs from the weights' image size "
                           f"{model.config.vision.image_size} ({cfg.model.init})")
     return model
+
+
+def one_line(exc: BaseException) -> str:
+    """An exception's message on one line (multi-line loader reports joined with '; ')."""
+    text = exc.args[0] if isinstance(exc, KeyError) and exc.args else str(exc)
+    return "; ".join(line.strip() for line in str(text).splitlines() if line.strip()) or type(exc).__name__
+
+
+def record_frames(model: Any, cfg: TrainConfig) -> None:
+    """Record in the model's config the frames it is trained and validated with, so a saved checkpoint
+    is evaluated the same way by ``clipvip.load``/``eval``/``index``/``curve`` (``config.json`` ``frames``)."""
+    from clipvip.config import FrameRecord
+
+    model.config.frames = FrameRecord(train_num_frames=cfg.model.num_frames, train_sampling=cfg.data.sampling,
+                                      eval_num_frames=cfg.model.eval_num_frames or cfg.model.num_frames,
+                                      eval_sampling="uniform")
 
 
 def tokenizer_spec(cfg: TrainConfig) -> str:
@@ -95,10 +120,23 @@ def build_datasets(cfg: TrainConfig, tokenizer: Any, image_size: int) -> dict[st
     train_path = d.resolve(d.train)
     if train_path is None or not Path(train_path).is_file():
         raise ConfigError(f"data.train: annotation file {train_path} not found")
+    from clipvip.data.cache import open_cache
+
+    try:
+        cache = open_cache(d.cache)
+    except (ValueError, OSError) as exc:
+        raise ConfigError(f"data.cache={d.cache!r}: {exc}") from None
     common = dict(num_frames=cfg.model.num_frames, image_size=image_size, video_root=d.resolve(d.video_root),
-                  sampling=d.sampling, seed=cfg.run.seed)
+                  sampling=d.sampling, seed=cfg.run.seed, cache=cache)
+    if cache is not None and d.sampling not in ("uniform",):
+        raise ConfigError(f"data.cache={d.cache!r} needs data.sampling=uniform (data.sampling={d.sampling!r} "
+                          f"draws new frames every epoch; a cache would freeze them)")
     if d.task == "pretrain":
         train = D.PretrainDataset(train_path, **common)
+    elif d.task == "image_text":
+        # Stage 0 of the paper: an image-text CLIP; images (or a video's middle frame) are one-frame videos.
+        train = D.ImageTextDataset(train_path, image_size=image_size, video_root=d.resolve(d.video_root),
+                                   seed=cfg.run.seed, cache=cache)
     else:
         train = D.RetrievalTrainDataset(train_path, paragraph=d.paragraph, **common)
     out = {"train": train, "collate": D.Collator(tokenizer, cfg.model.max_length)}
@@ -107,12 +145,25 @@ def build_datasets(cfg: TrainConfig, tokenizer: Any, image_size: int) -> dict[st
         if path is None or not Path(path).is_file():
             raise ConfigError(f"data.image_text: annotation file {path} not found")
         out["image_text"] = D.ImageTextDataset(path, image_size=image_size, video_root=d.resolve(d.video_root),
-                                               seed=cfg.run.seed)
+                                               seed=cfg.run.seed, cache=cache)
+    out["cache"] = cache
     return out
 
 
+SYNTHETIC_OWNER = "clipvip synthetic world"
+#: The annotation files the synthetic world writes (a ``data.train`` naming anything else is a typo).
+SYNTHETIC_FILES = ("train.jsonl", "val.jsonl", "test.jsonl", "pretrain.jsonl", "images.jsonl")
+
+
 def maybe_generate_synthetic(cfg: TrainConfig) -> None:
-    """Generate the synthetic world at ``data.root`` when asked to and when it is not there yet."""
+    """Generate the synthetic world at ``data.root`` when asked to and when it is not there yet.
+
+    Never into a folder holding anything it did not create: only into a new or empty ``data.root`` or one
+    carrying the world's marker (written first, so an interrupted generation is finished by the next run).
+    A ``data.train`` the world does not write is a typo, reported with the key and the path.
+    """
+    from clipvip.atomic import check_replaceable, mark_owned
+
     d = cfg.data
     if not d.generate_synthetic:
         return
@@ -121,8 +172,20 @@ def maybe_generate_synthetic(cfg: TrainConfig) -> None:
     train = d.resolve(d.train)
     if train and Path(train).is_file():
         return
+    root = Path(os.path.expanduser(d.root))
+    if train is None or Path(train).parent.resolve() != root.resolve() or Path(train).name not in SYNTHETIC_FILES:
+        raise ConfigError(f"data.train={d.train!r}: {train} not found (the synthetic world writes "
+                          f"{', '.join(SYNTHETIC_FILES)} in data.root={d.root}); fix data.train")
+    try:
+        check_replaceable(root, SYNTHETIC_OWNER)
+    except FileExistsError:
+        raise ConfigError(f"data.train={d.train!r}: {train} not found, and data.root={d.root} holds files the "
+                          f"synthetic world did not create: refusing to generate into it (fix data.train, or "
+                          f"point data.root at a new or empty folder)") from None
     from clipvip.data.synthetic import generate_world
 
+    root.mkdir(parents=True, exist_ok=True)
+    mark_owned(root, SYNTHETIC_OWNER)
     log.info("generating the synthetic world in %s", d.root)
     generate_world(d.root)
 
@@ -179,7 +242,7 @@ def compute_loss(cfg: TrainConfig, feats: dict[str, Tensor], logit_scale: Tensor
         terms = dict(terms)
     else:
         total = losses.info_nce(f["video"], f["text"], logit_scale)
-        terms = {"vt": total}
+        terms = {"it" if cfg.data.task == "image_text" else "vt": total}
     if "image" in f:
         it = losses.info_nce(f["image"], f["image_text"], logit_scale)
         terms["image_text"] = it
@@ -200,29 +263,34 @@ def _cycle(loader: torch.utils.data.DataLoader, sampler: ResumableBatchSampler, 
 
 
 # ------------------------------------------------------------------------------------------ train
-def train(cfg: TrainConfig, *, stop_after_steps: int | None = None) -> dict[str, Any]:
+def train(cfg: TrainConfig, *, stop_after_steps: int | None = None,
+          allow_config_change: bool = False) -> dict[str, Any]:
     """Run (or resume) the training run described by ``cfg``; see the module docstring.
 
     ``stop_after_steps`` ends the process's work after that many *global* steps as if killed right after the
     step (after its checkpoint if one was due); tests use it to simulate an interruption.
+    ``allow_config_change`` lets a resume go on with keys changed that are not in
+    :data:`~clipvip.train.config.SAFE_TO_CHANGE` (they are logged); otherwise such a resume is refused.
 
-    Returns ``{"output_dir", "best", "history", "test", "selected_on", "steps"}``.
+    Returns ``{"output_dir", "best", "history", "test", "selected_on", "steps", "final_loss"}`` (``final_loss``:
+    mean loss of the last 10 steps of this call, None when it ran no step).
     """
     from clipvip.train import distributed as dist_utils
 
+    cfg.check_runtime()
     was_distributed = dist_utils.is_distributed()
     rank, world, _local, device = dist_utils.setup()
     if cfg.run.device:
         device = torch.device(cfg.run.device)
     try:
-        return _train(cfg, rank, world, device, stop_after_steps)
+        return _train(cfg, rank, world, device, stop_after_steps, allow_config_change)
     finally:
         if not was_distributed:
             dist_utils.cleanup()
 
 
 def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
-           stop_after_steps: int | None) -> dict[str, Any]:
+           stop_after_steps: int | None, allow_config_change: bool = False) -> dict[str, Any]:
     from tqdm.auto import tqdm
 
     from clipvip import losses
@@ -237,16 +305,32 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     amp_dtype = _autocast_dtype(cfg.run.precision, device)
     if cfg.run.deterministic:
         torch.use_deterministic_algorithms(True)
-    if main:
-        maybe_generate_synthetic(cfg)
-        out_dir.mkdir(parents=True, exist_ok=True)
-        cfg.save(out_dir / "config.yaml")
+    # Everything that can refuse the run is checked before the run folder is created or touched.
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigError(f"run.output_dir={cfg.run.output_dir}: exists and is not a folder")
+    resume_dir = _resume_dir(cfg, out_dir)
+    if resume_dir is None:
+        for name in ("last", "best"):  # what a fresh start replaces must be a checkpoint this trainer wrote
+            if os.path.lexists(out_dir / name) and not ckpt.is_complete(out_dir / name):
+                raise ConfigError(f"run.output_dir={cfg.run.output_dir}: {out_dir / name} exists and is not a "
+                                  f"checkpoint written by clipvip train; refusing to replace it (move it away or "
+                                  f"choose another run.output_dir)")
+    resume_state = ckpt.load_trainer_state(resume_dir) if resume_dir is not None else None
+    if main and resume_dir is not None:
+        _check_resume_config(cfg, resume_state, out_dir, allow_config_change)
     dist_utils.barrier()
 
     # Model: identical initialisation on every rank (DDP also broadcasts rank 0's weights).
     _seed_all(cfg.run.seed)
     model = build_model(cfg)
-    tokenizer = load_tokenizer(tokenizer_spec(cfg), max_length=cfg.model.max_length)
+    record_frames(model, cfg)
+    if main:  # after the model is known to load: a bad model.init must not cost a world generation first
+        maybe_generate_synthetic(cfg)
+    dist_utils.barrier()
+    try:
+        tokenizer = load_tokenizer(tokenizer_spec(cfg), max_length=cfg.model.max_length)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"model.tokenizer={tokenizer_spec(cfg)!r}: {one_line(exc)}") from None
     image_size = model.config.vision.image_size
     if cfg.run.freeze_text:
         for name, p in model.named_parameters():
@@ -256,10 +340,25 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         model.set_gradient_checkpointing(True)
     model.to(device)
 
-    data = build_datasets(cfg, tokenizer, image_size)
+    try:
+        data = build_datasets(cfg, tokenizer, image_size)
+    except ConfigError:
+        raise
+    except (ValueError, OSError) as exc:  # unreadable or invalid annotations: the message names the file
+        raise ConfigError(f"data.train={cfg.data.train!r}: {one_line(exc)}") from None
     train_ds = data["train"]
-    sampler = ResumableBatchSampler(len(train_ds), per_device, rank=rank, world_size=world,
-                                    seed=cfg.run.seed, shuffle=True, drop_last=True)
+    sampler: ResumableBatchSampler | GroupBatchSampler
+    if cfg.data.group_by:
+        # Rows linked by data.group_by (e.g. twin clips) share a batch; every row once per epoch.
+        try:
+            groups = groups_from_field(train_ds.records, cfg.data.group_by)
+        except ValueError as exc:
+            raise ConfigError(f"data.group_by={cfg.data.group_by!r} on {cfg.data.resolve(cfg.data.train)}: "
+                              f"{exc}") from None
+        sampler = GroupBatchSampler(groups, per_device, rank=rank, world_size=world, seed=cfg.run.seed)
+    else:
+        sampler = ResumableBatchSampler(len(train_ds), per_device, rank=rank, world_size=world,
+                                        seed=cfg.run.seed, shuffle=True, drop_last=True)
     # Private generators: creating a loader iterator draws a worker base seed, which must not disturb
     # the global RNG streams that a resume restores.
     loader_kw: dict[str, Any] = dict(collate_fn=data["collate"], num_workers=cfg.data.num_workers,
@@ -282,21 +381,35 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     warmup = warmup_steps_for(total_steps, cfg.optim.warmup_ratio)
     optimizer = build_optimizer(model, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay,
                                 betas=tuple(cfg.optim.betas), eps=cfg.optim.eps, lr_mul=cfg.optim.lr_mul,
-                                lr_mul_prefix=cfg.optim.lr_mul_prefix)
+                                lr_mul_prefix=cfg.optim.lr_mul_prefix, lr_mult=cfg.optim.lr_mult)
     scheduler = build_scheduler(optimizer, warmup, total_steps, cfg.optim.schedule)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
 
     # Run state; overwritten by a resume.
     state: dict[str, Any] = {"epoch": 0, "step": 0, "step_in_epoch": 0, "best_metric": None, "best_step": None,
                              "it_epoch": 0, "it_step_in_epoch": 0, "history": []}
-    resume_dir = _resume_dir(cfg, out_dir)
     if resume_dir is not None:
-        ts = ckpt.load_trainer_state(resume_dir)
+        ts = resume_state
         ckpt.load_model_weights_(model, resume_dir)
-        optimizer.load_state_dict(ts["optimizer"])
-        scheduler.load_state_dict(ts["scheduler"])
-        if ts.get("scaler"):
-            scaler.load_state_dict(ts["scaler"])
+        fresh = [{k: g[k] for k in ("weight_decay", "betas", "eps") if k in g} for g in optimizer.param_groups]
+        fresh_base = list(scheduler.base_lrs)
+        try:
+            optimizer.load_state_dict(ts["optimizer"])
+            scheduler.load_state_dict(ts["scheduler"])
+            if ts.get("scaler"):
+                scaler.load_state_dict(ts["scaler"])
+        except (KeyError, ValueError, RuntimeError, TypeError) as exc:
+            raise ckpt.CheckpointStateError(f"{resume_dir / ckpt.STATE_FILE}: optimiser/scheduler state does not "
+                                            f"fit this model ({one_line(exc)}); use run.resume=never or another "
+                                            f"run.output_dir") from None
+        if allow_config_change and len(fresh_base) == len(scheduler.base_lrs):
+            # The run goes on with the *new* optimiser settings (what config.yaml now says): the restored
+            # moments and step count stay, the learning rates and decay follow the changed recipe.
+            scheduler.base_lrs = fresh_base
+            for group, settings, base, fn in zip(optimizer.param_groups, fresh, fresh_base, scheduler.lr_lambdas):
+                group.update(settings)
+                group["initial_lr"] = base
+                group["lr"] = base * fn(scheduler.last_epoch)
         state.update(ts["run"])
         rng = ts["rng"][rank] if rank < len(ts["rng"]) else ts["rng"][0]
         ckpt.restore_rng_state(rng)
@@ -306,7 +419,13 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     else:
         _seed_all(cfg.run.seed + rank)  # per-rank streams for anything random in the step
     keep_every = cfg.run.keep_every
-    if main:
+    if main:  # validated: now the run folder may be created and written
+        out_dir.mkdir(parents=True, exist_ok=True)
+        cfg.save(out_dir / "config.yaml")
+        if resume_dir is not None:
+            _repair_after_kill(out_dir, resume_dir, state)
+        else:  # a fresh start in a used folder: an earlier attempt's temporary folders are garbage too
+            ckpt.remove_leftovers(out_dir)
         _reconcile_kept(out_dir, resume_dir, state["step"] if resume_dir is not None else -1, keep_every)
 
     net: torch.nn.Module = FeatureModel(model, cfg.data.task)
@@ -331,7 +450,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             max_length=cfg.model.max_length, batch_size=cfg.data.eval_batch_size, device=device,
             video_root=cfg.data.resolve(cfg.data.video_root), paragraph=cfg.data.paragraph, dsl=True,
             num_workers=cfg.data.num_workers, progress=cfg.run.progress, autocast_dtype=amp_dtype,
-            distributed=world > 1)
+            distributed=world > 1, cache=data.get("cache"))
 
     epoch_failures: list[tuple[str, str]] = list(state.get("epoch_failures", []))
 
@@ -342,6 +461,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             "run": {**{k: v for k, v in state.items()}, "epoch_failures": [list(f) for f in epoch_failures]},
             "rng": _all_rng_states(world),
             "world_size": world,
+            "config": cfg.to_dict(),  # what a resume compares its own config with
         }
         if main:
             return ckpt.save_checkpoint(out_dir, "last", model, tokenizer, trainer_state,
@@ -388,9 +508,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
         last = save_last()
         if main:
             if improved_flag:
-                ckpt.copy_checkpoint(last, out_dir, "best", summary={"selected_on": selected_on,
-                                                                     "select_metric": cfg.run.select_metric,
-                                                                     "select_value": state["best_metric"]})
+                publish_best(last, out_dir, selected_on, cfg.run.select_metric, state["best_metric"])
             if keep_it:
                 keep(last)
             eval_log.write(record or {})
@@ -413,6 +531,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             keep(save_last())
             dist_utils.barrier()
     t_start, seen = time.time(), 0
+    recent_losses: list[float] = []  # the last 10 step losses (this process), for the result's final_loss
     stopped = False
     while state["step"] < total_steps and not stopped:
         epoch = state["epoch"]
@@ -463,6 +582,7 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
             state["step_in_epoch"] += 1
             seen += cfg.run.global_batch_size
             loss_value = float(loss.detach())
+            recent_losses = (recent_losses + [loss_value])[-10:]
             if not math.isfinite(loss_value):
                 raise FloatingPointError(f"loss is {loss_value} at step {state['step']}; lower optim.lr or "
                                          f"use run.precision=fp32")
@@ -510,34 +630,127 @@ def _train(cfg: TrainConfig, rank: int, world: int, device: torch.device,
     bar.close()
     scalars.close()
     result: dict[str, Any] = {"output_dir": str(out_dir), "history": state["history"], "steps": state["step"],
-                              "selected_on": selected_on, "best": None, "test": None}
+                              "selected_on": selected_on, "best": None, "test": None,
+                              "final_loss": sum(recent_losses) / len(recent_losses) if recent_losses else None}
     if stopped:
         result["stopped"] = True
         return result
+    dist_utils.barrier()  # best/ is complete on disk before any rank reads it
+    # What best/ holds is read from best/ itself (its checkpoint.json is published with it, in one rename),
+    # never from the in-memory history, so results.json cannot claim a best/ that is not on disk.
+    best_dir = ckpt.find_checkpoint(out_dir, "best")
+    used = describe_checkpoint(best_dir, "best") if best_dir is not None else None
     if main:
-        best = [h for h in state["history"] if h.get("is_best") and "metrics" in h]
-        result["best"] = best[-1]["metrics"] if best else None
-        if result["best"] is not None:
-            result["best_step"] = best[-1]["step"]
+        result["best"] = None
+        if used is not None:
+            result["best_step"] = used["step"]
+            result["best_value"] = used.get("select_value")
+            match = [h for h in state["history"] if h.get("step") == used["step"] and "metrics" in h]
+            result["best"] = match[-1]["metrics"] if match else None
     if cfg.data.test:
-        dist_utils.barrier()  # best/ is complete on disk before any rank reads it
-        best_dir = ckpt.find_checkpoint(out_dir, "best") or ckpt.find_checkpoint(out_dir, "last")
+        if best_dir is None:
+            best_dir = ckpt.find_checkpoint(out_dir, "last")
+            used = describe_checkpoint(best_dir, "last") if best_dir is not None else None
+            if main:
+                log.warning("no complete best/ checkpoint in %s: the final test uses %s", out_dir,
+                            used["label"] if used else "the weights in memory")
         if best_dir is not None:
             ckpt.load_model_weights_(model, best_dir)
         res = evaluate(cfg.data.test, "test")
     if cfg.data.test and main:
+        label = used["label"] if used else f"weights in memory at step {state['step']}"
         record = {"step": state["step"], "split": "test", "checkpoint": str(best_dir), "selected_on": selected_on,
-                  "metrics": res, "reason": "final test of best/"}
+                  "metrics": res, "reason": f"final test of {label}"}
         eval_log.write(record)
         result["test"] = res
+        result["test_checkpoint"] = used or {"name": None, "label": label}
         from clipvip.metrics import format_table
 
-        log.info("test (best/ selected on %s):\n%s", selected_on,
+        log.info("test of %s (selected on %s):\n%s", label, selected_on,
                  format_table({k: v for k, v in res.items() if isinstance(v, dict)}))
     if main:
         write_json(out_dir / "results.json", result)
     dist_utils.barrier()
     return result
+
+
+def publish_best(last: Path, out_dir: Path, selected_on: str, select_metric: str, value: float | None) -> Path:
+    """Publish ``last/`` as ``best/`` with its selection metadata inside it (one atomic rename: the folder
+    and the metric it was selected with can never disagree)."""
+    return ckpt.copy_checkpoint(last, out_dir, "best", summary={"selected_on": selected_on,
+                                                               "select_metric": select_metric,
+                                                               "select_value": value})
+
+
+def describe_checkpoint(path: Path, name: str) -> dict[str, Any]:
+    """``{"name", "path", "step", "select_value", "label"}`` of a checkpoint folder, from its checkpoint.json."""
+    try:
+        marker = json.loads((path / ckpt.MARKER_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        marker = {}
+    step = marker.get("step") if isinstance(marker, dict) else None
+    info = {"name": name, "path": str(path), "step": step,
+            "select_value": marker.get("select_value") if isinstance(marker, dict) else None}
+    info["label"] = (f"best checkpoint (best/, step {step})" if name == "best"
+                     else f"LAST checkpoint (last/, step {step}; there is no best/)")
+    return info
+
+
+def _check_resume_config(cfg: TrainConfig, ts: dict[str, Any], out_dir: Path, allow: bool) -> None:
+    """Refuse to resume with a config that differs from the run's, except in :data:`SAFE_TO_CHANGE` keys."""
+    from clipvip.train.config import config_changes, load_config
+
+    old = ts.get("config")
+    source = "trainer_state.pt"
+    if old is None:  # checkpoints written before the config was stored in them: the run folder's copy
+        try:
+            old = load_config(out_dir / "config.yaml").to_dict()
+            source = str(out_dir / "config.yaml")
+        except ConfigError:
+            log.warning("cannot compare the resumed run's config (no config in the checkpoint, no readable "
+                        "%s); resuming with the given one", out_dir / "config.yaml")
+            return
+    unsafe, safe = config_changes(old, cfg)
+    if safe:
+        log.info("resuming with changed key(s) that are safe to change: %s", "; ".join(safe))
+    if unsafe and not allow:
+        raise ConfigError(f"refusing to resume {out_dir} with a changed config ({source}): {'; '.join(unsafe)}. "
+                          f"Undo the change, start over with run.resume=never or another run.output_dir, or "
+                          f"pass --allow-config-change")
+    if unsafe:
+        log.warning("--allow-config-change: resuming with changed key(s): %s (the optimiser's moments and step "
+                    "count are restored; learning rates and decay follow the new recipe)", "; ".join(unsafe))
+
+
+def _repair_after_kill(out_dir: Path, resume_dir: Path, state: dict[str, Any]) -> None:
+    """Finish what a kill interrupted: re-publish a best/ that the recorded best metric says should be the
+    resume point, and remove the trainer's leftover temporary folders."""
+    removed = ckpt.remove_leftovers(out_dir)
+    if removed:
+        log.info("removed %d temporary folder(s) left by an interrupted checkpoint write (e.g. %s)",
+                 len(removed), removed[0].name)
+    best_step = state.get("best_step")
+    if best_step is None:
+        return
+    best = ckpt.find_checkpoint(out_dir, "best")
+    best_info = describe_checkpoint(best, "best") if best is not None else None
+    if best_info is not None and best_info["step"] == best_step:
+        return
+    if best_step == state["step"]:
+        # Killed between publishing last/ and best/: last/ *is* the best checkpoint.
+        marker = json.loads((resume_dir / ckpt.MARKER_FILE).read_text(encoding="utf-8"))
+        history = [h for h in state.get("history", []) if h.get("step") == best_step]
+        selected_on = history[-1].get("selected_on", "val") if history else marker.get("selected_on", "val")
+        metric = history[-1].get("select_metric") if history else None
+        publish_best(resume_dir, out_dir, selected_on, metric or "", state.get("best_metric"))
+        log.warning("re-published best/ (step %d) from %s: an interruption came between the two", best_step,
+                    resume_dir)
+        return
+    # best/ cannot be rebuilt: make the recorded best agree with what is on disk.
+    log.warning("best/ is %s but the run recorded its best at step %d; keeping best/ as it is and its metric",
+                f"at step {best_info['step']}" if best_info else "missing", best_step)
+    state["best_step"] = best_info["step"] if best_info else None
+    state["best_metric"] = best_info["select_value"] if best_info else None
 
 
 def _resume_dir(cfg: TrainConfig, out_dir: Path) -> Path | None:

@@ -5,7 +5,8 @@
   ``LayerNorm.weight`` and ``logit_scale``. transformers' CLIP names its layer norms ``layer_norm1/2``,
   ``pre_layrnorm``, ``post_layernorm`` and ``final_layer_norm``, so **their weights are decayed**, exactly
   as in the reference. The LR multiplier applies to parameters whose name *contains* ``lr_mul_prefix``
-  (DiDeMo B/16: 10x on ``logit_scale``). Frozen parameters (``requires_grad`` False) are left out, and
+  (DiDeMo B/16: 10x on ``logit_scale``); ``lr_mult`` generalises it to several name substrings, each with
+  its own pair of groups (the demo: 10x on ``temporal_embedding``). Frozen parameters (``requires_grad`` False) are left out, and
   empty groups are dropped.
 * **AdamW**: ``torch.optim.AdamW`` (fast foreach/fused kernels, standard state for checkpoints). The
   reference uses an HF-style AdamW with bias correction; the two differ in two small ways, checked in
@@ -26,7 +27,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import torch
 from torch import nn
@@ -58,29 +59,52 @@ def param_groups(
     lr: float,
     lr_mul: float = 1.0,
     lr_mul_prefix: str = "",
+    lr_mult: Mapping[str, float] | None = None,
 ) -> list[dict[str, Any]]:
-    """The reference's four parameter groups (see the module docstring), empty ones removed.
+    """The reference's parameter groups (see the module docstring), empty ones removed.
+
+    ``lr_mult`` maps a name substring to an LR multiplier (``{"temporal_embedding": 10.0}``); each key gets
+    its own decay and no-decay groups, in the order given, followed by the rest at the base LR. The
+    reference's single ``lr_mul_prefix``/``lr_mul`` pair is the one-key case and is listed first, so with
+    it alone the layout is exactly the reference's ``[prefix & decay, prefix & no-decay, rest & decay,
+    rest & no-decay]``. A key that matches no trainable parameter, or a parameter matched by two keys, is an
+    error naming them (a misspelt key would otherwise train silently at the base LR).
 
     Each group is a dict with ``params``, ``names`` (for logging and tests; torch ignores extra keys),
-    ``lr``, ``weight_decay`` and ``lr_mul``. Works on a DDP-wrapped model too: the ``module.`` prefix does
-    not change substring matches.
+    ``lr``, ``weight_decay``, ``lr_mul`` and ``lr_mult_key`` (``""`` for the rest). Works on a DDP-wrapped
+    model too: the ``module.`` prefix does not change substring matches.
     """
     named = list(model.named_parameters()) if isinstance(model, nn.Module) else list(model)
     trainable = [(n, p) for n, p in named if p.requires_grad]
+    rules: list[tuple[str, float]] = []
     if lr_mul_prefix:
-        top = [(n, p) for n, p in trainable if lr_mul_prefix in n]
-        rest = [(n, p) for n, p in trainable if lr_mul_prefix not in n]
-    else:
-        top, rest = [], trainable
-    spec = [
-        (top, False, lr_mul),
-        (top, True, lr_mul),
-        (rest, False, 1.0),
-        (rest, True, 1.0),
-    ]
+        rules.append((lr_mul_prefix, float(lr_mul)))
+    for key, mul in (lr_mult or {}).items():
+        if not key:
+            raise ValueError("an LR multiplier key is empty (it would match every parameter)")
+        if key in dict(rules):
+            raise ValueError(f"LR multiplier key {key!r} is given twice")
+        if not float(mul) > 0:
+            raise ValueError(f"LR multiplier for {key!r} must be positive, got {mul}")
+        rules.append((key, float(mul)))
+    members: dict[str, list[tuple[str, nn.Parameter]]] = {key: [] for key, _ in rules}
+    rest: list[tuple[str, nn.Parameter]] = []
+    for n, p in trainable:
+        hits = [key for key, _ in rules if key in n]
+        if len(hits) > 1:
+            raise ValueError(f"parameter {n!r} matches several LR multiplier keys {hits}; make them distinct")
+        (members[hits[0]] if hits else rest).append((n, p))
+    unused = [key for key, _ in rules if not members[key]]
+    if unused and trainable:
+        raise ValueError(f"LR multiplier key(s) {unused} match no trainable parameter "
+                         f"(names look like {trainable[0][0]!r})")
+    spec: list[tuple[str, list[tuple[str, nn.Parameter]], bool, float]] = []
+    for key, mul in rules:
+        spec += [(key, members[key], False, mul), (key, members[key], True, mul)]
+    spec += [("", rest, False, 1.0), ("", rest, True, 1.0)]
     groups: list[dict[str, Any]] = []
-    for members, no_decay, mul in spec:
-        chosen = [(n, p) for n, p in members if _no_decay(n) == no_decay]
+    for key, group_members, no_decay, mul in spec:
+        chosen = [(n, p) for n, p in group_members if _no_decay(n) == no_decay]
         if not chosen:
             continue
         groups.append(
@@ -90,6 +114,7 @@ def param_groups(
                 "lr": lr * mul,
                 "weight_decay": 0.0 if no_decay else weight_decay,
                 "lr_mul": mul,
+                "lr_mult_key": key,
             }
         )
     if not groups:
@@ -105,9 +130,11 @@ def build_optimizer(
     eps: float = 1e-6,
     lr_mul: float = 1.0,
     lr_mul_prefix: str = "",
+    lr_mult: Mapping[str, float] | None = None,
 ) -> torch.optim.AdamW:
     """AdamW over :func:`param_groups` with the reference's betas (0.9, 0.98) and eps 1e-6."""
-    groups = param_groups(model, weight_decay=weight_decay, lr=lr, lr_mul=lr_mul, lr_mul_prefix=lr_mul_prefix)
+    groups = param_groups(model, weight_decay=weight_decay, lr=lr, lr_mul=lr_mul, lr_mul_prefix=lr_mul_prefix,
+                          lr_mult=lr_mult)
     return torch.optim.AdamW(groups, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay)
 
 
