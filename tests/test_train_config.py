@@ -165,3 +165,16 @@ def test_config_changes_split_safe_and_unsafe_keys() -> None:
     partial = old.to_dict()
     del partial["data"]["cache"]
     assert config_changes(partial, old) == ([], [])
+
+
+def test_official_init_uses_the_bundled_vocabulary_offline() -> None:
+    """The fine-tuning recipes start from official checkpoints with `model.tokenizer: null`: the tokenizer
+    must be OpenAI's vocabulary shipped with the package, not a hub name that fails offline."""
+    from clipvip.tokenizer import BUNDLED_BPE, load_tokenizer
+    from clipvip.train.loop import tokenizer_spec
+
+    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / "msrvtt_b32.yaml",
+                      ["model.init=official:pretrain_clipvip_base_32.pt"])
+    spec = tokenizer_spec(cfg)
+    assert spec == str(BUNDLED_BPE) and Path(spec).is_file()
+    assert load_tokenizer(spec)("a dog")["input_ids"][:1] == [49406]  # <|startoftext|>

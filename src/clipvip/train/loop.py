@@ -97,7 +97,8 @@ def record_frames(model: Any, cfg: TrainConfig) -> None:
 
 def tokenizer_spec(cfg: TrainConfig) -> str:
     """Where the tokenizer comes from: ``model.tokenizer`` (a path relative to ``data.root`` when it exists
-    there, else as given, e.g. a hub name), else the init source when it carries one."""
+    there, else as given, e.g. a hub name), else the init source when it carries one; official checkpoints
+    use OpenAI's vocabulary bundled with the package (offline, no hub)."""
     if cfg.model.tokenizer:
         under_root = cfg.data.resolve(cfg.model.tokenizer)
         if under_root and Path(under_root).exists():
@@ -107,7 +108,9 @@ def tokenizer_spec(cfg: TrainConfig) -> str:
     if kind in ("clip", "pretrained"):
         return ref
     if kind == "official":
-        return "openai/clip-vit-base-patch32"
+        from clipvip.tokenizer import BUNDLED_BPE
+
+        return str(BUNDLED_BPE)
     raise ConfigError(f"model.tokenizer is required with model.init={cfg.model.init!r} (random weights carry no "
                       f"tokenizer): give a tokenizer directory or CLIP's bpe_simple_vocab_16e6.txt.gz")
 
