@@ -235,8 +235,18 @@ def test_torchrun_two_ranks_match_one_process(world: Path, tmp_path: Path) -> No
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    from clipvip.config import CLIPViPConfig
+
+    # A start whose temporal table is not zero: the world's twins are exact time reversals, so from a zero
+    # table a 2-step model scores a twin pair within ~1e-7, and float rounding (which differs between one
+    # process and two) would decide their order, i.e. the metrics, rather than the code under test.
+    start = CLIPViP(CLIPViPConfig.from_name("clipvip-tiny"))
+    with torch.no_grad():
+        te = start.vision_model.embeddings.temporal_embedding
+        te.copy_(torch.randn(te.shape, generator=torch.Generator().manual_seed(0)))
+    start.save_pretrained(tmp_path / "start")
     args = [str(REPO / "configs" / "synthetic_finetune.yaml"), f"data.root={world}", "data.generate_synthetic=false",
-            "run.progress=false", "model.num_frames=4", "run.global_batch_size=8", "optim.max_steps=2",
+            f"model.init=pretrained:{tmp_path / 'start'}", "run.progress=false", "model.num_frames=4", "run.global_batch_size=8", "optim.max_steps=2",
             "run.eval_every=1000", "optim.lr=1e-3", "data.eval_batch_size=4"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
