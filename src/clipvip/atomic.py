@@ -31,6 +31,20 @@ _UMASK_LOCK = threading.Lock()
 OWNER_FILE = ".clipvip-owner.json"
 
 
+def fsync_dir(path: str | Path) -> None:
+    """Flush a folder's entries (a rename or a new file in it) to disk; best effort where the OS refuses."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def current_umask() -> int:
     """The process umask, read without leaving it changed (``os.umask`` can only be read by setting it).
 

@@ -46,6 +46,8 @@ from typing import Any
 
 import numpy as np
 
+from clipvip.atomic import fsync_dir
+
 FORMAT = 2
 DB_NAME = "index.sqlite"
 LOCK_NAME = "lock"
@@ -165,19 +167,6 @@ def _check_header(path: Path, dim: int, dtype: str) -> None:
         raise IndexFormatError(f"{path}: not a clipvip vector file of format {FORMAT}")
     if code != DTYPES[dtype][0] or file_dim != dim:
         raise IndexFormatError(f"{path}: header says dtype code {code}, dim {file_dim}; the index says {dtype}, {dim}")
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 # ---------------------------------------------------------------------- SQLite
@@ -540,7 +529,7 @@ class IndexWriter:
             _write_header(fh, int(meta["dim"]), meta.get("dtype", "float32"))
             fh.flush()
             os.fsync(fh.fileno())
-        _fsync_dir(self.root)
+        fsync_dir(self.root)
 
     def _open_vectors(self) -> None:
         gen, slots = int(self.meta["generation"]), int(self.meta["slots"])
@@ -692,7 +681,7 @@ class IndexWriter:
                 fh.flush()
                 os.fsync(fh.fileno())
             del old
-            _fsync_dir(self.root)
+            fsync_dir(self.root)
             con = self.con
             con.execute("BEGIN IMMEDIATE")
             try:

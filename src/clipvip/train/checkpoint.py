@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from clipvip.atomic import make_temp_dir
+from clipvip.atomic import fsync_dir, make_temp_dir
 
 class CheckpointStateError(ValueError):
     """A run checkpoint that cannot be resumed (empty, half-written, foreign or truncated files); the
@@ -76,19 +76,6 @@ def restore_rng_state(state: dict[str, Any]) -> None:
 
 
 # --------------------------------------------------------------------------------------------- folders
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _commit_folder(tmp: Path, final: Path) -> None:
     """Move a complete ``tmp`` folder to ``final``, keeping the previous one until the new is in place."""
     old = None
@@ -96,7 +83,7 @@ def _commit_folder(tmp: Path, final: Path) -> None:
         old = final.parent / f".{final.name}.old-{os.getpid()}-{time.time_ns()}"
         os.replace(final, old)
     os.replace(tmp, final)
-    _fsync_dir(final.parent)
+    fsync_dir(final.parent)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
 
