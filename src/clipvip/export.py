@@ -38,6 +38,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from clipvip.atomic import follow_umask
+
 log = logging.getLogger(__name__)
 
 FORMAT = "clipvip-export/1"
@@ -383,7 +385,7 @@ def export_model(model: nn.Module, out_dir: str | Path, *, frames: int, context_
         if tokenizer is not None:
             tokenizer.save_pretrained(str(tmp / "tokenizer"))
         (tmp / SPEC_FILE).write_text(json.dumps(spec, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-        _apply_umask(tmp)
+        follow_umask(tmp)
         _replace_dir(tmp, out_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -392,14 +394,6 @@ def export_model(model: nn.Module, out_dir: str | Path, *, frames: int, context_
         model.train(was_training)
     files = sorted(p for p in out_dir.rglob("*") if p.is_file())
     return ExportResult(out_dir, files, verifications, spec)
-
-
-def _apply_umask(root: Path) -> None:
-    """mkdtemp makes a 0700 directory; give the export the permissions the user's umask asks for."""
-    mask = os.umask(0)
-    os.umask(mask)
-    for path in [root, *root.rglob("*")]:
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~mask)
 
 
 def _replace_dir(tmp: Path, out_dir: Path) -> None:
