@@ -364,9 +364,14 @@ def attention_table(section: Mapping[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------------------------------------- markdown
+V2T_DSL_NOTE = ("DSL re-scores each video's column by a softmax over texts, which keeps the column's order, so "
+                "video→text with DSL equals video→text and is not shown.")
+
+
 def metrics_table(rows: dict[str, dict[str, dict[str, float]]], directions: tuple[str, ...] = (
-        "t2v", "v2t", "t2v_dsl", "v2t_dsl")) -> str:
-    """One row per model: R@1/R@5/MdR for each direction."""
+        "t2v", "v2t", "t2v_dsl")) -> str:
+    """One row per model: R@1/R@5/MdR for each direction, then a line saying why there is no v→t DSL column
+    (it always equals v→t: :data:`V2T_DSL_NOTE`)."""
     labels = {"t2v": "t→v", "v2t": "v→t", "t2v_dsl": "t→v DSL", "v2t_dsl": "v→t DSL"}
     head = "| model | " + " | ".join(f"{labels[d]} R@1 | {labels[d]} R@5 | {labels[d]} MdR" for d in directions) + " |"
     sep = "|---|" + "---:|" * (3 * len(directions))
@@ -377,6 +382,8 @@ def metrics_table(rows: dict[str, dict[str, dict[str, float]]], directions: tupl
             x = m.get(d)
             cells += [f"{x['R1']:.1f}", f"{x['R5']:.1f}", f"{x['MdR']:.1f}"] if x else ["–"] * 3
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    if "v2t_dsl" not in directions:
+        lines += ["", V2T_DSL_NOTE]
     return "\n".join(lines)
 
 
