@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "order-blind pair R@1), run the OCL, auxiliary-caption and NMI ablations, write results.json + "
             "report.md (claims table with verdicts) + plots + the model, then index the test videos and query "
             "them. Every training stage runs the library trainer (clipvip train). Nothing is downloaded. "
-            "Budget: full preset at most 10 minutes, --quick at most 2 minutes on 2 idle CPU cores."
+            "Measured on 2 idle CPU cores (docs/demo.md): full preset about 8.5 minutes, --quick about 3."
         ),
     )
     p.add_argument("--out", default="clipvip-demo", metavar="DIR",
