@@ -52,7 +52,8 @@ class Setting:
 def build(s: Setting, mode: str) -> tuple[CLIPViP, torch.Tensor]:
     name = {"b32": "clipvip-b32", "b16": "clipvip-b16"}[s.width]
     config = CLIPViPConfig.from_name(name, vision={"num_hidden_layers": s.layers},
-                                     text={"num_hidden_layers": 1, "vocab_size": 1000})  # text unused
+                                     text={"num_hidden_layers": 1, "vocab_size": 1000, "bos_token_id": 998,
+                                           "eos_token_id": 999, "pad_token_id": 999})  # text unused
     model = CLIPViP(config).to(device=s.device, dtype=DTYPES[s.dtype])
     set_mode(model, mode)
     x = torch.randn(s.batch, s.frames, 3, 224, 224, device=s.device, dtype=DTYPES[s.dtype])

@@ -57,7 +57,8 @@ def old_attention_class(rev: str) -> type:
 def build(width: str, layers: int, attention_cls: type | None) -> CLIPViP:
     name = {"b32": "clipvip-b32", "b16": "clipvip-b16"}[width]
     config = CLIPViPConfig.from_name(name, vision={"num_hidden_layers": layers},
-                                     text={"num_hidden_layers": 1, "vocab_size": 1000})  # text unused
+                                     text={"num_hidden_layers": 1, "vocab_size": 1000, "bos_token_id": 998,
+                                           "eos_token_id": 999, "pad_token_id": 999})  # text unused
     model = CLIPViP(config).train()
     if attention_cls is not None:
         for module in model.vision_model.modules():
