@@ -76,6 +76,11 @@ def plot_curves(
             continue
         xs, ys = zip(*pts)
         ax.plot(xs, ys, label=str(label), linewidth=1.6, **_style(i))
+    return _finish_curves(fig, ax, out_png, xlabel=xlabel, metric=metric, title=title)
+
+
+def _finish_curves(fig: Any, ax: Any, out_png: str | Path, *, xlabel: str, metric: str, title: str | None) -> Path:
+    """Labels, grid, optional title and legend of a curve plot, then save it (shared by the curve plots)."""
     ax.set_xlabel(xlabel)
     ax.set_ylabel(metric)
     ax.grid(True, alpha=0.3)
@@ -124,14 +129,7 @@ def plot_seed_curves(
                             linewidth=0)
         label = f"{group} (mean of {len(runs)}, band min-max)" if len(runs) > 1 else group
         ax.plot(common, mean, label=label, linewidth=2.2, **style)
-    ax.set_xlabel(xlabel)
-    ax.set_ylabel(metric)
-    ax.grid(True, alpha=0.3)
-    if title:
-        ax.set_title(title)
-    ax.legend(loc="best", fontsize="small")
-    fig.tight_layout()
-    return save_figure(fig, out_png)
+    return _finish_curves(fig, ax, out_png, xlabel=xlabel, metric=metric, title=title)
 
 
 def plot_nmi_heatmap(
