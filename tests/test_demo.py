@@ -27,7 +27,8 @@ def demo_out(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from clipvip.cli import main
 
     out = tmp_path_factory.mktemp("demo") / "out"
-    status = main(["demo", "--quick", "--out", str(out), "--no-progress"])
+    # --jobs 2: the training runs go to worker processes whatever the machine (the default follows the CPUs)
+    status = main(["demo", "--quick", "--out", str(out), "--no-progress", "--jobs", "2"])
     assert status == 0
     return out
 
@@ -172,6 +173,47 @@ def test_attention_section_has_per_seed_lists(results: dict) -> None:
     assert results["main"]["final"]["t2v"]["R1"] == att["modes"]["proxy"]["t2v_R1"][0]
 
 
+@slow
+def test_a_worker_run_equals_the_same_run_in_this_process(demo_out: Path, results: dict) -> None:
+    """The demo ran its training runs in 2 worker processes; re-running one job (OCL variant a: a
+    post-pretraining then a fine-tune) here, in this process, gives the same numbers, so results do not
+    depend on ``--jobs``."""
+    import torch
+
+    from clipvip.data.synthetic import SyntheticWorld
+    from clipvip.demo.jobs import PREVIOUS, RunSpec, run_job
+    from clipvip.demo.run import Runner
+    from clipvip.demo.settings import QUICK
+    from clipvip.demo.world import open_world
+
+    assert results["demo"]["machine"]["jobs"] == 2 and results["timings"]["jobs"] == 2
+    w = demo_out / "world"
+    source = SyntheticWorld(root=w, videos=w / "videos", pretrain=w / "pretrain.jsonl", train=w / "train.jsonl",
+                            val=w / "val.jsonl", test=w / "test.jsonl", images=w / "images.jsonl",
+                            tokenizer=w / "tokenizer", num_videos=0)
+    runner = Runner(demo_out, QUICK, open_world(source, QUICK), progress=False)
+    seed = results["demo"]["seed"]
+    lr_mult = dict(QUICK.lr_mult)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the demo's workers (--threads 1): the same float reduction order
+    try:
+        pre, fine = run_job(runner, (
+            RunSpec("recheck_ocl_a", init=str(demo_out / "runs" / "init" / "stage1"), task="pretrain",
+                    train="pretrain", steps=QUICK.ocl_pretrain_steps, lr=QUICK.pretrain_lr, seed=seed,
+                    variant="a", lr_mult=lr_mult),
+            RunSpec("recheck_ocl_a_finetune", init=PREVIOUS, task="retrieval", train="train",
+                    steps=QUICK.ocl_finetune_steps, lr=QUICK.finetune_lr, seed=seed, attention="proxy",
+                    lr_mult=lr_mult),
+        ))
+    finally:
+        torch.set_num_threads(threads)
+    row = results["ocl_ablation"]["a"]
+    as_json = lambda value: json.loads(json.dumps(value))  # noqa: E731 - what results.json holds
+    assert as_json(pre["test"]) == row["zero_shot_test"]
+    assert as_json(fine["test"]) == row["finetuned_test"]
+    assert pre["final_loss"] == row["final_loss"]
+
+
 def test_demo_runs_use_the_library_trainer() -> None:
     """The demo's private step loop is gone: its runs are ``clipvip.train`` recipes."""
     import importlib.util
@@ -188,7 +230,7 @@ def test_demo_runs_use_the_library_trainer() -> None:
                         seed=3, attention="frame", lr_mult=QUICK.lr_mult)
     assert isinstance(cfg, TrainConfig)
     assert cfg.data.group_by == "twin" and cfg.data.cache == "memory" and cfg.data.sampling == "uniform"
-    assert cfg.optim.lr_mult == {"temporal_embedding": 10.0} and cfg.optim.max_steps == 7
+    assert cfg.optim.lr_mult == dict(QUICK.lr_mult) and cfg.optim.max_steps == 7
     assert cfg.model.attention == "frame" and cfg.run.seed == 3
 
 

@@ -30,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "(, N+2 on the full preset) [0]")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for the run [1]: the tiny model's ops are too small to gain from more")
+    p.add_argument("--jobs", type=int, default=None, metavar="N",
+                   help="worker processes for the training runs after stage 0, which are independent (results do "
+                        "not depend on it) [usable CPUs / --threads, at most 8]; 1 runs everything in this process")
     p.add_argument("--no-progress", action="store_true", help="no progress bars (stage headers still print)")
     p.set_defaults(func=handler)
 
@@ -44,11 +47,13 @@ def handler(args: argparse.Namespace) -> int:
         raise CLIError(f"--out {out}: exists and is not a directory")
     if args.threads is not None and args.threads < 1:
         raise CLIError(f"--threads must be >= 1, got {args.threads}")
+    if args.jobs is not None and args.jobs < 1:
+        raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
     from clipvip.demo import run_demo
 
     try:
         results = run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
-                           threads=args.threads)
+                           threads=args.threads, jobs=args.jobs)
     except FileExistsError as exc:  # a sub-folder of --out the demo did not write: nothing was replaced
         raise CLIError(f"--out {out}: {exc}") from None
     return 0 if results.get("main") else 1

@@ -488,9 +488,10 @@ def render_report(results: Mapping[str, Any], files: Mapping[str, str], out: Pat
         "",
         f"Preset **{demo.get('preset', '?')}**, seed {demo.get('seed', '?')}, {demo.get('date', '?')}, "
         f"{machine.get('platform', '?')}, {machine.get('cpus', '?')} CPUs, torch {machine.get('torch', '?')} "
-        f"({machine.get('torch_threads', '?')} threads). Total time **{timings.get('total_s', math.nan):.0f} s** "
-        f"wall, {timings.get('cpu_s', math.nan):.0f} s CPU of this process (wall time on a shared "
-        "machine mostly measures the neighbours).",
+        f"({machine.get('torch_threads', '?')} threads, {machine.get('jobs', 1)} worker process"
+        f"{'es' if machine.get('jobs', 1) != 1 else ''} for the training runs). Total time "
+        f"**{timings.get('total_s', math.nan):.0f} s** wall, {timings.get('cpu_s', math.nan):.0f} s CPU of the "
+        "demo and its workers (wall time on a shared machine mostly measures the neighbours).",
         "",
     ]
     if results.get("world"):
@@ -602,6 +603,11 @@ def render_report(results: Mapping[str, Any], files: Mapping[str, str], out: Pat
         for stage, sec in timings["stages_s"].items():
             lines.append(f"| {stage} | {sec:.1f} |")
         lines.append("")
+        if timings.get("runs_s"):
+            lines += [f"Training runs, each on its own ({timings.get('jobs', 1)} at a time, so their sum exceeds "
+                      "`training_runs`):", "", "| run | seconds |", "|---|---:|"]
+            lines += [f"| {name} | {sec:.1f} |" for name, sec in timings["runs_s"].items()]
+            lines.append("")
     if results.get("warnings"):
         lines += ["## Warnings", ""] + [f"- {w}" for w in results["warnings"]] + [""]
     lines += ["## Files", ""]

@@ -16,6 +16,9 @@ group sampler (``data.group_by: twin``). What stays in the demo is orchestration
    selection on the small validation split; validation is evaluated for the curves only);
 4. OCL variants a/b/c/d, with vs without auxiliary captions, NMI language domain gap;
 5. ``results.json``, ``report.md``, plots and ``model/``; index the test videos and query them.
+
+Stages 1-4's training runs are independent once stage 0 is done (stage 2 needs stage 1's weights); they
+run as jobs in worker processes (:mod:`clipvip.demo.jobs`, ``--jobs``), with the same results as in one.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from typing import Any, Callable
 import torch
 
 from clipvip.atomic import check_replaceable, mark_owned, remove_owned
+from clipvip.demo.jobs import PREVIOUS, RunPool, RunSpec, default_jobs, drain
 from clipvip.demo.settings import DemoSettings, preset
 
 Echo = Callable[[str], None]
@@ -223,13 +227,16 @@ def run_demo(
     settings: DemoSettings | None = None,
     echo: Echo | None = None,
     threads: int | None = 1,
+    jobs: int | None = None,
 ) -> dict[str, Any]:
     """Run the whole demo into ``out_dir`` and return the results (also written to ``results.json``).
 
     ``seed`` seeds the world and every run; the attention ablation uses seeds ``seed, seed + 1, ...``
     (``settings.attention_seeds`` of them). ``settings`` overrides the preset picked by ``quick`` (tests use
     smaller ones). ``threads`` sets torch's intra-op threads for the run (default 1: the tiny model's ops
-    are too small to gain from more; None keeps torch's).
+    are too small to gain from more; None keeps torch's). ``jobs`` is the number of worker processes the
+    training runs after stage 0 share (:mod:`clipvip.demo.jobs`; default: the usable CPUs divided by
+    ``threads``, at most 8; 1 runs them in this process). The results do not depend on it.
     """
     from clipvip.demo.world import build_world
     from clipvip.weights import inflate
@@ -240,6 +247,9 @@ def run_demo(
     for name in DEMO_FOLDERS:  # refuse before any work: only folders an earlier demo wrote are replaced
         check_replaceable(out / name, DEMO_OWNER)
     out.mkdir(parents=True, exist_ok=True)
+    workers = int(jobs) if jobs else default_jobs(int(threads or 1))
+    if workers < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -251,8 +261,9 @@ def run_demo(
                  "date": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
                  "machine": {"python": platform.python_version(), "torch": torch.__version__,
                              "platform": platform.platform(), "cpus": os.cpu_count(),
-                             "torch_threads": torch.get_num_threads()}},
+                             "torch_threads": torch.get_num_threads(), "jobs": workers}},
     }
+    pool = RunPool(workers, int(threads or 1))  # workers start now, while the world and stage 0 are made
     try:
         echo(f"clipvip demo ({settings.name}, seed {seed}): output in {out}")
 
@@ -285,56 +296,93 @@ def run_demo(
         image_state = {k: v.clone() for k, v in image_model.state_dict().items()}
         clock.record("stage0_image_text", t)
 
-        # ------------------------------------------------------------------ stage 1
-        t = _header(echo, clock, f"Stage 1: post-pretraining CLIP-ViP with OCL (variant {settings.ocl_variant}) on "
-                                 f"videos + subtitles + auxiliary captions")
+        # ------------------------------------------------------------------ training runs (jobs)
+        # Stage 1, the attention ablation and the OCL ablation are independent runs once stage 0 is done
+        # (stage 2 waits for stage 1's weights): they run side by side as jobs (clipvip.demo.jobs).
         init1 = runner.save_init("stage1", inflate(image_state, runner.video_config,
                                                    generator=torch.Generator().manual_seed(seed),
                                                    source="the stage-0 image model"))
-        pre_runs: dict[str, dict[str, Any]] = {}
-        pre_dirs: dict[str, Path] = {}
-
-        def post_pretrain(variant: str, steps: int, name: str) -> Any:
-            model, res = runner.train(runner.recipe(
-                name, init=init1, task="pretrain", train=paths["pretrain"], steps=steps,
-                lr=settings.pretrain_lr, seed=seed, variant=variant, lr_mult=settings.lr_mult))
-            pre_runs[variant] = {"steps": steps, "final_loss": res["final_loss"],
-                                 "zero_shot_test": runner.evaluate(model)}
-            pre_dirs[variant] = Path(res["output_dir"]) / "last"
-            return model
-
-        main_pre = post_pretrain(settings.ocl_variant, settings.pretrain_steps, f"stage1_ocl_{settings.ocl_variant}")
-        zs_video = pre_runs[settings.ocl_variant]["zero_shot_test"]
-        echo(f"   zero-shot on test after post-pretraining: {_brief(zs_video)}")
-        del main_pre
-        stage1_dir = pre_dirs[settings.ocl_variant]
-        clock.record("stage1_post_pretrain", t)
-
-        def finetune(start: Path, attention: str, steps: int, name: str, run_seed: int,
-                     with_val: bool = True) -> tuple[Any, dict[str, Any], dict[str, Any]]:
-            model, res = runner.train(runner.recipe(
-                name, init=start, task="retrieval", train=paths["train"], val=paths["val"] if with_val else None,
-                steps=steps, lr=settings.finetune_lr, seed=run_seed, attention=attention,
-                lr_mult=settings.lr_mult))
-            return model, res, runner.evaluate(model)
-
-        # ------------------------------------------------------------------ stage 2 + attention ablation
         seeds = [seed + k for k in range(settings.attention_seeds)]
-        t = _header(echo, clock, f"Stage 2 and the attention ablation: fine-tuning from the same post-pretrained "
-                                 f"weights with {', '.join(settings.attention_modes)} attention, seeds {seeds}")
-        att_runs: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in settings.attention_modes}
-        final_model = None
-        for run_seed in seeds:
-            for mode in settings.attention_modes:
-                model, res, metrics = finetune(stage1_dir, mode, settings.finetune_steps,
-                                               f"stage2_{mode}_seed{run_seed}", run_seed)
-                att_runs[mode][run_seed] = {"test": metrics, "curve": _curve(res["history"]),
-                                            "steps": res["steps"]}
-                echo(f"   seed {run_seed} {mode:>5}: {_brief(metrics)}")
-                if mode == "proxy" and final_model is None:
-                    final_model = model
-        if final_model is None:
+        if "proxy" not in settings.attention_modes:
             raise ValueError("settings.attention_modes must include 'proxy' (the main model)")
+        variants = list(dict.fromkeys([*settings.ablation_variants, "vs", settings.ocl_variant]))
+        shares_main = settings.ocl_pretrain_steps == settings.pretrain_steps  # the d row reuses stage 1
+        n_runs = 1 + len(seeds) * len(settings.attention_modes) + 2 * len(variants) - int(shares_main)
+        t = _header(echo, clock, f"Training runs ({n_runs}) in {workers} worker process"
+                                 f"{'es' if workers > 1 else ''} ({threads or 'default'} torch thread each): "
+                                 f"stage 1 post-pretraining (OCL {settings.ocl_variant}); stage 2 fine-tuning with "
+                                 f"{', '.join(settings.attention_modes)} attention, seeds {seeds}; OCL variants "
+                                 f"{'/'.join(variants)} ({settings.ocl_pretrain_steps} post-pretraining + "
+                                 f"{settings.ocl_finetune_steps} fine-tuning steps each)")
+
+        def pretrain_spec(variant: str, steps: int, name: str) -> RunSpec:
+            return RunSpec(name, init=str(init1), task="pretrain", train="pretrain", steps=steps,
+                           lr=settings.pretrain_lr, seed=seed, variant=variant, lr_mult=dict(settings.lr_mult))
+
+        def finetune_spec(start: str, attention: str, steps: int, name: str, run_seed: int,
+                          with_val: bool = True) -> RunSpec:
+            return RunSpec(name, init=start, task="retrieval", train="train", val="val" if with_val else None,
+                           steps=steps, lr=settings.finetune_lr, seed=run_seed, attention=attention,
+                           lr_mult=dict(settings.lr_mult))
+
+        main_name = f"stage1_ocl_{settings.ocl_variant}"
+        stage1: dict[str, Any] = {}
+        att_runs: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in settings.attention_modes}
+        ocl_rows: dict[str, Any] = {}
+        run_seconds: dict[str, float] = {}
+        done = [0]
+
+        def ocl_row(variant: str, pre: dict[str, Any], fine: dict[str, Any], tag: str) -> None:
+            ocl_rows[variant] = {"steps": pre["steps"], "final_loss": pre["final_loss"],
+                                 "zero_shot_test": pre["test"], "finetuned_test": fine["test"]}
+            echo(f"{tag} OCL {variant:>2}: zero-shot {_brief(pre['test'])}; fine-tuned {_brief(fine['test'])}")
+
+        futures: dict[Any, Any] = {}
+
+        def submit(key: Any, *specs: RunSpec) -> None:
+            futures[pool.submit(runner, tuple(specs))] = key
+
+        def handle(key: Any, runs: list[dict[str, Any]]) -> None:
+            for r in runs:
+                run_seconds[r["name"]] = r["seconds"]
+            done[0] += len(runs)
+            tag = f"   [{done[0]}/{n_runs} runs, {clock.total:5.0f}s]"
+            kind = key[0]
+            if kind == "stage1":
+                stage1.update(runs[0])
+                echo(f"{tag} stage 1 post-pretrained; zero-shot on test: {_brief(runs[0]['test'])}")
+                for run_seed in seeds:  # stage 2 starts from stage 1's weights
+                    for mode in settings.attention_modes:
+                        submit(("stage2", mode, run_seed), finetune_spec(
+                            runs[0]["last"], mode, settings.finetune_steps, f"stage2_{mode}_seed{run_seed}",
+                            run_seed))
+                if shares_main:
+                    submit(("ocl_finetune", settings.ocl_variant), finetune_spec(
+                        runs[0]["last"], "proxy", settings.ocl_finetune_steps,
+                        f"ablation_ocl_{settings.ocl_variant}_finetune", seed, with_val=False))
+            elif kind == "stage2":
+                _, mode, run_seed = key
+                r = runs[0]
+                att_runs[mode][run_seed] = {"test": r["test"], "curve": _curve(r["history"]),
+                                            "steps": r["steps"], "last": r["last"]}
+                echo(f"{tag} stage 2, seed {run_seed} {mode:>5}: {_brief(r['test'])}")
+            elif kind == "ocl":
+                ocl_row(key[1], runs[0], runs[1], tag)
+            elif kind == "ocl_finetune":
+                ocl_row(key[1], stage1, runs[0], tag)
+
+        submit(("stage1",), pretrain_spec(settings.ocl_variant, settings.pretrain_steps, main_name))
+        for variant in variants:
+            if variant == settings.ocl_variant and shares_main:
+                continue
+            submit(("ocl", variant),
+                   pretrain_spec(variant, settings.ocl_pretrain_steps, f"ablation_ocl_{variant}"),
+                   finetune_spec(PREVIOUS, "proxy", settings.ocl_finetune_steps,
+                                 f"ablation_ocl_{variant}_finetune", seed, with_val=False))
+        drain(futures, handle)
+        worker_cpu = pool.close()
+        zs_video = stage1["test"]
+
         attention = {"seeds": seeds, "selection": SELECTION, "modes": {}}
         for mode, per_seed in att_runs.items():
             ms = [per_seed[s_]["test"] for s_ in seeds]
@@ -351,7 +399,7 @@ def run_demo(
         first = seeds[0]
         results["attention_ablation"] = {
             mode: {"test": per_seed[first]["test"], "curve": per_seed[first]["curve"],
-                   "seeds": {str(s_): r for s_, r in per_seed.items()}}
+                   "seeds": {str(s_): {k: v for k, v in r.items() if k != "last"} for s_, r in per_seed.items()}}
             for mode, per_seed in att_runs.items()}
         final_test = att_runs["proxy"][first]["test"]
         results["main"] = {
@@ -365,34 +413,22 @@ def run_demo(
             "curves": {f"{mode} (seed {s_})": r["curve"] for mode, per_seed in att_runs.items()
                        for s_, r in per_seed.items()},
         }
-        clock.record("stage2_attention", t)
-
-        # ------------------------------------------------------------------ model out
-        model_dir = out / "model"
-        remove_owned(model_dir, DEMO_OWNER)
-        final_model.save_pretrained(model_dir, tokenizer=world.tokenizer)
-        mark_owned(model_dir, DEMO_OWNER)
-        results["model_dir"] = str(model_dir)
-
-        # ------------------------------------------------------------------ ablation: OCL variants
-        t = _header(echo, clock, f"Ablation: OCL variants and auxiliary captions ({settings.ocl_pretrain_steps} "
-                                 f"post-pretraining + {settings.ocl_finetune_steps} fine-tuning steps each)")
-        variants = list(dict.fromkeys([*settings.ablation_variants, "vs", settings.ocl_variant]))
-        ocl_rows: dict[str, Any] = {}
-        for variant in variants:
-            if not (variant == settings.ocl_variant and settings.ocl_pretrain_steps == settings.pretrain_steps):
-                post_pretrain(variant, settings.ocl_pretrain_steps, f"ablation_ocl_{variant}")
-            _, _, metrics = finetune(pre_dirs[variant], "proxy", settings.ocl_finetune_steps,
-                                     f"ablation_ocl_{variant}_finetune", seed, with_val=False)
-            ocl_rows[variant] = {**pre_runs[variant], "finetuned_test": metrics}
-            echo(f"   {variant:>2}: zero-shot {_brief(pre_runs[variant]['zero_shot_test'])}; "
-                 f"fine-tuned {_brief(metrics)}")
         results["ocl_ablation"] = {v: ocl_rows[v] for v in variants if v != "vs"}
         results["aux_caption_ablation"] = {
             "without auxiliary captions (vs)": ocl_rows["vs"],
             f"with auxiliary captions ({settings.ocl_variant})": ocl_rows[settings.ocl_variant],
         }
-        clock.record("ablation_ocl", t)
+        clock.record("training_runs", t)
+
+        # ------------------------------------------------------------------ model out
+        final_model = CLIPViP.from_pretrained(Path(att_runs["proxy"][first]["last"]))
+        final_model.set_attention("proxy")
+        final_model.eval()
+        model_dir = out / "model"
+        remove_owned(model_dir, DEMO_OWNER)
+        final_model.save_pretrained(model_dir, tokenizer=world.tokenizer)
+        mark_owned(model_dir, DEMO_OWNER)
+        results["model_dir"] = str(model_dir)
 
         # ------------------------------------------------------------------ NMI domain gap
         t = _header(echo, clock, "Language domain gap (NMI of K-means clusters vs corpus)")
@@ -410,15 +446,13 @@ def run_demo(
 
         # ------------------------------------------------------------------ report
         t = _header(echo, clock, "Writing results.json, report.md and plots")
-        results["timings"] = {"stages_s": clock.stages, "total_s": round(clock.total, 2),
-                              "cpu_s": round(time.process_time() - cpu0, 2)}
+        results["timings"] = timings(clock, cpu0, worker_cpu, run_seconds, workers)
         from clipvip.demo.report import write_outputs
 
         results["files"] = write_outputs(out, results, world, echo)
         clock.record("report", t)
         # CPU time next to wall time: on a shared machine wall time mostly measures the neighbours.
-        results["timings"] = {"stages_s": clock.stages, "total_s": round(clock.total, 2),
-                              "cpu_s": round(time.process_time() - cpu0, 2)}
+        results["timings"] = timings(clock, cpu0, worker_cpu, run_seconds, workers)
         from clipvip.demo.report import write_json
 
         write_json(out / "results.json", results)
@@ -426,10 +460,20 @@ def run_demo(
              f"Report: {out / 'report.md'}; model: {model_dir}")
         return results
     finally:
+        pool.close(cancel=True)
         torch.set_num_threads(old_threads)
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def timings(clock: Stopwatch, cpu0: float, worker_cpu: float, run_seconds: dict[str, float],
+            workers: int) -> dict[str, Any]:
+    """``results.json`` ``timings``: wall seconds per stage, total wall, CPU seconds of this process plus
+    its worker processes, and each training run's own wall seconds (runs overlap when ``workers`` > 1)."""
+    return {"stages_s": dict(clock.stages), "total_s": round(clock.total, 2),
+            "cpu_s": round(time.process_time() - cpu0 + worker_cpu, 2), "jobs": workers,
+            "runs_s": dict(sorted(run_seconds.items()))}
+
+
 def domain_gap(world: Any, models: dict[str, Any], seed: int, max_length: int) -> dict[str, Any]:
     """NMI matrix between subtitles, auxiliary captions and downstream captions, per text encoder."""
     import random

@@ -60,23 +60,31 @@ class DemoWorld:
     tokenizer_dir: Path
     split_records: dict[str, list[dict[str, Any]]]
     info: dict[str, Any]
+    source: Any = None  # the SyntheticWorld it was read from (picklable: worker processes re-open it)
 
 
 def build_world(out_dir: Path, settings: Any, seed: int, progress: bool) -> DemoWorld:
     """Generate the synthetic world under ``out_dir`` and read its annotations."""
     from clipvip.data.synthetic import generate_world
-    from clipvip.tokenizer import load_tokenizer
 
     w = generate_world(out_dir, num_videos=settings.num_videos, seed=seed, size=settings.image_size,
                        num_frames=settings.num_frames, progress=progress)
+    return open_world(w, settings)
+
+
+def open_world(w: Any, settings: Any) -> DemoWorld:
+    """Read a generated world (a :class:`clipvip.data.synthetic.SyntheticWorld`): its tokenizer and split
+    records. The demo's worker processes call this on the world the main process generated."""
+    from clipvip.tokenizer import load_tokenizer
+
     if w.tokenizer is None:  # pragma: no cover - generate_world writes it by default
-        raise RuntimeError(f"{out_dir}: the synthetic world has no tokenizer")
+        raise RuntimeError(f"{w.root}: the synthetic world has no tokenizer")
     tokenizer = load_tokenizer(str(w.tokenizer), max_length=settings.max_length)
     paths = {name: Path(getattr(w, name)) for name in ("train", "val", "test", "pretrain", "images")}
     split_records = {split: read_records(paths[split]) for split in SPLITS}
     pretrain = read_jsonl(paths["pretrain"])
     info: dict[str, Any] = {
-        "root": str(out_dir),
+        "root": str(w.root),
         "pretrain_videos": len(pretrain),
         "pretrain_with_caption": sum(1 for r in pretrain if r.get("caption")),
         "images": len(read_jsonl(paths["images"])),
@@ -84,5 +92,5 @@ def build_world(out_dir: Path, settings: Any, seed: int, progress: bool) -> Demo
         **{f"{k}_captions": sum(len(record_texts(r)) for r in v) for k, v in split_records.items()},
         "vocab_size": len(tokenizer),
     }
-    return DemoWorld(root=out_dir, paths=paths, tokenizer=tokenizer, tokenizer_dir=Path(w.tokenizer),
-                     split_records=split_records, info=info)
+    return DemoWorld(root=Path(w.root), paths=paths, tokenizer=tokenizer, tokenizer_dir=Path(w.tokenizer),
+                     split_records=split_records, info=info, source=w)
