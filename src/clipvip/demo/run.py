@@ -317,7 +317,8 @@ def run_demo(
 
         def pretrain_spec(variant: str, steps: int, name: str) -> RunSpec:
             return RunSpec(name, init=str(init1), task="pretrain", train="pretrain", steps=steps,
-                           lr=settings.pretrain_lr, seed=seed, variant=variant, lr_mult=dict(settings.lr_mult))
+                           lr=settings.pretrain_lr, seed=seed, variant=variant,
+                           lr_mult=dict(settings.pretrain_lr_mult))
 
         def finetune_spec(start: str, attention: str, steps: int, name: str, run_seed: int,
                           with_val: bool = True) -> RunSpec:

@@ -59,7 +59,8 @@ class DemoSettings:
     finetune_lr: float = 1e-3
     eval_every: int = 50
     # departures from the paper's recipe (module docstring)
-    lr_mult: dict[str, float] = field(default_factory=lambda: {"temporal_embedding": 100.0})
+    lr_mult: dict[str, float] = field(default_factory=lambda: {"temporal_embedding": 100.0})  # fine-tuning
+    pretrain_lr_mult: dict[str, float] = field(default_factory=lambda: {"temporal_embedding": 10.0})
     warmup_ratio: float = 0.1
     grad_clip: float = 5.0
     weight_decay: float = 0.05
