@@ -180,18 +180,13 @@ def test_a_worker_run_equals_the_same_run_in_this_process(demo_out: Path, result
     depend on ``--jobs``."""
     import torch
 
-    from clipvip.data.synthetic import SyntheticWorld
     from clipvip.demo.jobs import PREVIOUS, RunSpec, run_job
     from clipvip.demo.run import Runner
     from clipvip.demo.settings import QUICK
-    from clipvip.demo.world import open_world
+    from clipvip.demo.world import open_world, world_at
 
     assert results["demo"]["machine"]["jobs"] == 2 and results["timings"]["jobs"] == 2
-    w = demo_out / "world"
-    source = SyntheticWorld(root=w, videos=w / "videos", pretrain=w / "pretrain.jsonl", train=w / "train.jsonl",
-                            val=w / "val.jsonl", test=w / "test.jsonl", images=w / "images.jsonl",
-                            tokenizer=w / "tokenizer", num_videos=0)
-    runner = Runner(demo_out, QUICK, open_world(source, QUICK), progress=False)
+    runner = Runner(demo_out, QUICK, open_world(world_at(demo_out / "world"), QUICK), progress=False)
     seed = results["demo"]["seed"]
     lr_mult = dict(QUICK.lr_mult)
     threads = torch.get_num_threads()

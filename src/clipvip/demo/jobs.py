@@ -101,7 +101,13 @@ _RUNNERS: dict[tuple[str, str], Any] = {}
 def _init_worker(threads: int) -> None:
     """Worker start: one torch thread pool of ``threads``, the trainer's warnings about the demo's deliberate
     choices silenced (errors still raise), and the heavy imports done before the first job arrives."""
-    import clipvip.demo.run  # noqa: F401  (imports the trainer, model and data modules the jobs use)
+    # What the jobs import lazily (trainer, model, datasets, PyAV, the transformers tokenizer: seconds), now.
+    import av  # noqa: F401
+    import transformers  # noqa: F401
+
+    import clipvip.demo.run  # noqa: F401
+    import clipvip.train.evaluate  # noqa: F401
+    import clipvip.train.loop  # noqa: F401
 
     torch.set_num_threads(max(1, int(threads)))
     logging.getLogger("clipvip").setLevel(logging.ERROR)

@@ -315,17 +315,6 @@ def run_demo(
                                  f"{'/'.join(variants)} ({settings.ocl_pretrain_steps} post-pretraining + "
                                  f"{settings.ocl_finetune_steps} fine-tuning steps each)")
 
-        def pretrain_spec(variant: str, steps: int, name: str) -> RunSpec:
-            return RunSpec(name, init=str(init1), task="pretrain", train="pretrain", steps=steps,
-                           lr=settings.pretrain_lr, seed=seed, variant=variant,
-                           lr_mult=dict(settings.pretrain_lr_mult))
-
-        def finetune_spec(start: str, attention: str, steps: int, name: str, run_seed: int,
-                          with_val: bool = True) -> RunSpec:
-            return RunSpec(name, init=start, task="retrieval", train="train", val="val" if with_val else None,
-                           steps=steps, lr=settings.finetune_lr, seed=run_seed, attention=attention,
-                           lr_mult=dict(settings.lr_mult))
-
         main_name = f"stage1_ocl_{settings.ocl_variant}"
         stage1: dict[str, Any] = {}
         att_runs: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in settings.attention_modes}
@@ -355,11 +344,11 @@ def run_demo(
                 for run_seed in seeds:  # stage 2 starts from stage 1's weights
                     for mode in settings.attention_modes:
                         submit(("stage2", mode, run_seed), finetune_spec(
-                            runs[0]["last"], mode, settings.finetune_steps, f"stage2_{mode}_seed{run_seed}",
-                            run_seed))
+                            settings, runs[0]["last"], mode, settings.finetune_steps,
+                            f"stage2_{mode}_seed{run_seed}", run_seed))
                 if shares_main:
                     submit(("ocl_finetune", settings.ocl_variant), finetune_spec(
-                        runs[0]["last"], "proxy", settings.ocl_finetune_steps,
+                        settings, runs[0]["last"], "proxy", settings.ocl_finetune_steps,
                         f"ablation_ocl_{settings.ocl_variant}_finetune", seed, with_val=False))
             elif kind == "stage2":
                 _, mode, run_seed = key
@@ -372,14 +361,12 @@ def run_demo(
             elif kind == "ocl_finetune":
                 ocl_row(key[1], stage1, runs[0], tag)
 
-        submit(("stage1",), pretrain_spec(settings.ocl_variant, settings.pretrain_steps, main_name))
+        submit(("stage1",), pretrain_spec(settings, init1, settings.ocl_variant, settings.pretrain_steps, main_name,
+                                          seed))
         for variant in variants:
             if variant == settings.ocl_variant and shares_main:
                 continue
-            submit(("ocl", variant),
-                   pretrain_spec(variant, settings.ocl_pretrain_steps, f"ablation_ocl_{variant}"),
-                   finetune_spec(PREVIOUS, "proxy", settings.ocl_finetune_steps,
-                                 f"ablation_ocl_{variant}_finetune", seed, with_val=False))
+            submit(("ocl", variant), *ocl_job(settings, init1, variant, seed))
         drain(futures, handle)
         worker_cpu = pool.close()
         zs_video = stage1["test"]
@@ -466,6 +453,30 @@ def run_demo(
 
 
 # ---------------------------------------------------------------------------------------------- helpers
+def pretrain_spec(settings: DemoSettings, init: str | Path, variant: str, steps: int, name: str,
+                  seed: int) -> RunSpec:
+    """A post-pretraining run (OCL ``variant``) from ``init``."""
+    return RunSpec(name, init=str(init), task="pretrain", train="pretrain", steps=steps, lr=settings.pretrain_lr,
+                   seed=seed, variant=variant, lr_mult=dict(settings.pretrain_lr_mult))
+
+
+def finetune_spec(settings: DemoSettings, start: str | Path, attention: str, steps: int, name: str, seed: int,
+                  with_val: bool = True) -> RunSpec:
+    """A fine-tuning run on the downstream captions from ``start`` (a folder or :data:`PREVIOUS`)."""
+    return RunSpec(name, init=str(start), task="retrieval", train="train", val="val" if with_val else None,
+                   steps=steps, lr=settings.finetune_lr, seed=seed, attention=attention,
+                   lr_mult=dict(settings.lr_mult))
+
+
+def ocl_job(settings: DemoSettings, init: str | Path, variant: str, seed: int,
+            prefix: str = "ablation_ocl") -> tuple[RunSpec, RunSpec]:
+    """The OCL ablation's job for one variant: a short post-pretraining from the inflated stage-0 model
+    (``init``), then a short fine-tune of its result (proxy attention, no validation split)."""
+    return (pretrain_spec(settings, init, variant, settings.ocl_pretrain_steps, f"{prefix}_{variant}", seed),
+            finetune_spec(settings, PREVIOUS, "proxy", settings.ocl_finetune_steps, f"{prefix}_{variant}_finetune",
+                          seed, with_val=False))
+
+
 def timings(clock: Stopwatch, cpu0: float, worker_cpu: float, run_seconds: dict[str, float],
             workers: int) -> dict[str, Any]:
     """``results.json`` ``timings``: wall seconds per stage, total wall, CPU seconds of this process plus

@@ -72,6 +72,19 @@ def build_world(out_dir: Path, settings: Any, seed: int, progress: bool) -> Demo
     return open_world(w, settings)
 
 
+def world_at(root: Path) -> Any:
+    """The :class:`clipvip.data.synthetic.SyntheticWorld` of a world an earlier demo generated in ``root``
+    (``OUT/world``), for :func:`open_world`; names the first missing file."""
+    from clipvip.data.synthetic import SyntheticWorld
+
+    root = Path(root)
+    files = {name: root / f"{name}.jsonl" for name in ("train", "val", "test", "pretrain", "images")}
+    for path in [*files.values(), root / "videos", root / "tokenizer"]:
+        if not path.exists():
+            raise FileNotFoundError(f"{path}: missing; {root} is not a world written by clipvip demo")
+    return SyntheticWorld(root=root, videos=root / "videos", tokenizer=root / "tokenizer", num_videos=0, **files)
+
+
 def open_world(w: Any, settings: Any) -> DemoWorld:
     """Read a generated world (a :class:`clipvip.data.synthetic.SyntheticWorld`): its tokenizer and split
     records. The demo's worker processes call this on the world the main process generated."""
