@@ -180,26 +180,19 @@ def test_a_worker_run_equals_the_same_run_in_this_process(demo_out: Path, result
     depend on ``--jobs``."""
     import torch
 
-    from clipvip.demo.jobs import PREVIOUS, RunSpec, run_job
-    from clipvip.demo.run import Runner
+    from clipvip.demo.jobs import run_job
+    from clipvip.demo.run import Runner, ocl_job
     from clipvip.demo.settings import QUICK
     from clipvip.demo.world import open_world, world_at
 
     assert results["demo"]["machine"]["jobs"] == 2 and results["timings"]["jobs"] == 2
     runner = Runner(demo_out, QUICK, open_world(world_at(demo_out / "world"), QUICK), progress=False)
     seed = results["demo"]["seed"]
-    lr_mult = dict(QUICK.lr_mult)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as the demo's workers (--threads 1): the same float reduction order
     try:
-        pre, fine = run_job(runner, (
-            RunSpec("recheck_ocl_a", init=str(demo_out / "runs" / "init" / "stage1"), task="pretrain",
-                    train="pretrain", steps=QUICK.ocl_pretrain_steps, lr=QUICK.pretrain_lr, seed=seed,
-                    variant="a", lr_mult=lr_mult),
-            RunSpec("recheck_ocl_a_finetune", init=PREVIOUS, task="retrieval", train="train",
-                    steps=QUICK.ocl_finetune_steps, lr=QUICK.finetune_lr, seed=seed, attention="proxy",
-                    lr_mult=lr_mult),
-        ))
+        pre, fine = run_job(runner, ocl_job(QUICK, demo_out / "runs" / "init" / "stage1", "a", seed,
+                                            prefix="recheck_ocl"))
     finally:
         torch.set_num_threads(threads)
     row = results["ocl_ablation"]["a"]
@@ -260,3 +253,18 @@ def test_inflated_model_matches_image_model_in_frame_mode() -> None:
         video.set_attention("frame")
         torch.testing.assert_close(video.encode_video(x), image.encode_video(x))
         torch.testing.assert_close(video.encode_text(ids), image.encode_text(ids))
+
+
+def test_world_at_names_the_missing_file(tmp_path: Path) -> None:
+    from clipvip.demo.world import world_at
+
+    with pytest.raises(FileNotFoundError, match=r"train\.jsonl: missing"):
+        world_at(tmp_path)
+
+
+def test_demo_refuses_zero_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from clipvip.cli import main
+
+    assert main(["demo", "--quick", "--out", str(tmp_path / "out"), "--jobs", "0"]) == 2
+    assert "--jobs must be >= 1" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
