@@ -18,7 +18,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
             "order-blind pair R@1), run the OCL, auxiliary-caption and NMI ablations, write results.json + "
             "report.md (claims table with verdicts) + plots + the model, then index the test videos and query "
             "them. Every training stage runs the library trainer (clipvip train). Nothing is downloaded. "
-            "Measured on 2 idle CPU cores (docs/demo.md): full preset about 8.5 minutes, --quick about 3."
+            "The training runs after stage 0 run side by side in --jobs worker processes. Measured on 2 idle CPU "
+            "cores (docs/demo.md): full preset about 2.5 minutes, --quick under 1 (a 2.3x slower machine: about "
+            "5.5 and 2)."
         ),
     )
     p.add_argument("--out", default="clipvip-demo", metavar="DIR",
@@ -26,8 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true",
                    help="smaller world, fewer steps, 2 attention seeds instead of 3 (what the test suite runs)")
     p.add_argument("--seed", type=int, default=0, metavar="N",
-                   help="seed of the world and of every training run; the attention ablation runs seeds N, N+1"
-                        "(, N+2 on the full preset) [0]")
+                   help="seed of the world and of every training run; the attention ablation runs seeds N, N+1 "
+                        "(and N+2 on the full preset) [0]")
     p.add_argument("--threads", type=int, default=1,
                    help="torch CPU threads for the run [1]: the tiny model's ops are too small to gain from more")
     p.add_argument("--jobs", type=int, default=None, metavar="N",

@@ -6,8 +6,8 @@
   ``pre_layrnorm``, ``post_layernorm`` and ``final_layer_norm``, so **their weights are decayed**, exactly
   as in the reference. The LR multiplier applies to parameters whose name *contains* ``lr_mul_prefix``
   (DiDeMo B/16: 10x on ``logit_scale``); ``lr_mult`` generalises it to several name substrings, each with
-  its own pair of groups (the demo: 10x on ``temporal_embedding``). Frozen parameters (``requires_grad`` False) are left out, and
-  empty groups are dropped.
+  its own pair of groups (the demo: 100x on ``temporal_embedding`` in fine-tuning, 10x in
+  post-pretraining). Frozen parameters (``requires_grad`` False) are left out, and empty groups are dropped.
 * **AdamW**: ``torch.optim.AdamW`` (fast foreach/fused kernels, standard state for checkpoints). The
   reference uses an HF-style AdamW with bias correction; the two differ in two small ways, checked in
   ``tests/test_optim.py``: HF adds eps to the *uncorrected* ``sqrt(v)`` (torch: to the corrected one, so
