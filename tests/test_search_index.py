@@ -276,12 +276,19 @@ def test_sigkill_at_random_moments_then_rerun_equals_an_uninterrupted_run(pipe, 
     common = ["--model", "clipvip-tiny", "--tokenizer", str(bpe_path), "--no-progress"]
     out = tmp_path / "index"
     env = {**os.environ, "PYTHONPATH": str(REPO / "src")}
+    args = ["--batch-size", "2", "--workers", "1", *common]
+    # Kill times are fractions of an uninterrupted run of the same command on this machine (fixed seconds
+    # let a fast machine finish before the first kill).
+    t0 = time.perf_counter()
+    subprocess.run(_cli("index", str(videos), "--index", str(tmp_path / "timing"), *args),
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env, timeout=300)
+    full_run = time.perf_counter() - t0
     rng = random.Random(0)
     kills = 0
     for attempt in range(4):
-        proc = subprocess.Popen(_cli("index", str(videos), "--index", str(out), "--batch-size", "2", "--workers",
-                                     "1", *common), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-        time.sleep(rng.uniform(1.5, 6.0))  # the model load takes a few seconds: kills land at various stages
+        proc = subprocess.Popen(_cli("index", str(videos), "--index", str(out), *args),
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+        time.sleep(rng.uniform(0.3, 0.9) * full_run)  # from start-up and model load to the last commits
         if proc.poll() is None:
             proc.send_signal(signal.SIGKILL)
             kills += 1
