@@ -268,3 +268,39 @@ def test_demo_refuses_zero_jobs(tmp_path: Path, capsys: pytest.CaptureFixture[st
     assert main(["demo", "--quick", "--out", str(tmp_path / "out"), "--jobs", "0"]) == 2
     assert "--jobs must be >= 1" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+@slow
+def test_sigterm_stops_the_demo_and_its_worker_processes(tmp_path: Path) -> None:
+    """SIGTERM (or Ctrl-C) during the training runs: the demo exits 130 within seconds and leaves no worker
+    process behind (an orphan would go on writing into runs/)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    repo = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(repo / "src")}
+    proc = subprocess.Popen([sys.executable, "-m", "clipvip", "demo", "--quick", "--out", str(tmp_path / "out"),
+                             "--no-progress", "--jobs", "2"], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    workers: list[int] = []
+    deadline = time.monotonic() + 120
+    while len(workers) < 2 and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        out = subprocess.run(["pgrep", "-P", str(proc.pid), "-f", "spawn_main"], capture_output=True, text=True)
+        workers = [int(x) for x in out.stdout.split()]
+    assert len(workers) == 2, "the demo did not start its 2 worker processes"
+    time.sleep(8)  # into stage 0 or the training runs
+    assert proc.poll() is None, "the demo ended before it could be stopped"
+    t0 = time.monotonic()
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 130, out[-2000:]
+    assert time.monotonic() - t0 < 30
+    assert "interrupted" in out
+    time.sleep(1)
+    for pid in workers:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)

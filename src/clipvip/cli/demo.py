@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def handler(args: argparse.Namespace) -> int:
+    import signal
+    import sys
     from pathlib import Path
 
     from clipvip.cli import CLIError
@@ -52,10 +54,26 @@ def handler(args: argparse.Namespace) -> int:
     if args.jobs is not None and args.jobs < 1:
         raise CLIError(f"--jobs must be >= 1, got {args.jobs}")
     from clipvip.demo import run_demo
+    from clipvip.demo.jobs import DemoRunError
 
+    # SIGTERM (a scheduler, `kill`) ends the demo like Ctrl-C: clean-up runs, the worker processes stop.
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread (main() called from a thread): no handler to install
+        previous = None
     try:
         results = run_demo(out, quick=args.quick, seed=args.seed, progress=not args.no_progress,
                            threads=args.threads, jobs=args.jobs)
     except FileExistsError as exc:  # a sub-folder of --out the demo did not write: nothing was replaced
         raise CLIError(f"--out {out}: {exc}") from None
+    except DemoRunError as exc:  # one line naming the run; the traceback is the worker's, not the user's
+        print(f"clipvip demo: error: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0 if results.get("main") else 1
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")

@@ -24,6 +24,8 @@ import logging
 import multiprocessing
 import os
 import resource
+import signal
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,10 +33,14 @@ from typing import Any, Callable
 
 import torch
 
-__all__ = ["RunPool", "RunSpec", "default_jobs", "run_job"]
+__all__ = ["DemoRunError", "RunPool", "RunSpec", "default_jobs", "drain", "run_job"]
 
 #: The previous run of the same job (``RunSpec.init``): a fine-tune that starts from the job's post-pretraining.
 PREVIOUS = "@previous"
+
+
+class DemoRunError(RuntimeError):
+    """A training run of the demo failed, or its worker process died; the message names the run."""
 
 
 @dataclass(frozen=True)
@@ -98,9 +104,31 @@ def default_jobs(threads: int = 1) -> int:
 _RUNNERS: dict[tuple[str, str], Any] = {}
 
 
+def _watch_parent(parent: int) -> None:
+    """Exit when the demo process is gone (killed with SIGKILL, say): an orphan would go on training and
+    writing into ``runs/`` for minutes."""
+    while True:
+        time.sleep(1.0)
+        if os.getppid() != parent:
+            os._exit(1)
+
+
+_STOPPED = False
+
+
+def _stop(signum: int, frame: Any) -> None:
+    """SIGINT in a worker: stop the running job and every later one (see :meth:`RunPool.close`)."""
+    global _STOPPED
+    _STOPPED = True
+    raise KeyboardInterrupt
+
+
 def _init_worker(threads: int) -> None:
     """Worker start: one torch thread pool of ``threads``, the trainer's warnings about the demo's deliberate
-    choices silenced (errors still raise), and the heavy imports done before the first job arrives."""
+    choices silenced (errors still raise), the heavy imports done before the first job arrives, and a
+    watch that ends the worker if the demo process dies."""
+    threading.Thread(target=_watch_parent, args=(os.getppid(),), daemon=True, name="parent-watch").start()
+    signal.signal(signal.SIGINT, _stop)
     # What the jobs import lazily (trainer, model, datasets, PyAV, the transformers tokenizer: seconds), now.
     import av  # noqa: F401
     import transformers  # noqa: F401
@@ -123,6 +151,8 @@ def _worker_job(out: str, settings: Any, source_world: Any, specs: tuple[RunSpec
     from clipvip.demo.run import Runner
     from clipvip.demo.world import open_world
 
+    if _STOPPED:
+        raise RuntimeError("the demo was stopped")
     key = (out, str(source_world.root))
     if key not in _RUNNERS:
         _RUNNERS[key] = Runner(Path(out), settings, open_world(source_world, settings), progress=False)
@@ -162,11 +192,31 @@ class RunPool:
         return fut
 
     def close(self, cancel: bool = False) -> float:
-        """Stop the workers (waiting for running jobs; ``cancel`` drops queued ones) and return the CPU
-        seconds they used."""
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=cancel)
-            self._pool = None
+        """Stop the workers and return the CPU seconds they used. Without ``cancel`` the submitted jobs
+        finish first; with it (an error, Ctrl-C, SIGTERM) queued jobs are dropped and running ones are
+        stopped at once: their half-written run folders are under the demo's own ``runs/``, which the next
+        demo run replaces."""
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            if cancel:
+                # SIGINT stops a worker's running job (KeyboardInterrupt, as Ctrl-C would) and turns the
+                # jobs already handed to it into no-ops; then the workers exit through the pool's own
+                # shutdown, which releases its queues. A worker that does not stop is terminated.
+                processes = list((getattr(pool, "_processes", None) or {}).values())
+                for proc in processes:
+                    if proc.is_alive() and proc.pid is not None:
+                        try:
+                            os.kill(proc.pid, signal.SIGINT)
+                        except ProcessLookupError:
+                            pass
+                pool.shutdown(wait=False, cancel_futures=True)
+                for proc in processes:
+                    proc.join(timeout=10)
+                    if proc.is_alive():
+                        proc.terminate()
+                pool.shutdown(wait=True)
+            else:
+                pool.shutdown(wait=True)
         return _children_cpu() - self._children0
 
     def __enter__(self) -> "RunPool":
@@ -188,13 +238,14 @@ def drain(futures: dict[cf.Future, Any], handle: Callable[[Any, list[dict[str, A
         done, _ = cf.wait(list(futures), return_when=cf.FIRST_COMPLETED)
         for fut in done:
             key = futures.pop(fut)
+            name = " ".join(map(str, key)) if isinstance(key, tuple) else str(key)
             try:
                 result = fut.result()
             except cf.process.BrokenProcessPool as exc:
-                raise RuntimeError(f"demo run {key}: a worker process died ({exc}): killed, out of "
+                raise DemoRunError(f"demo run {name}: a worker process died ({exc}): killed, out of "
                                    f"memory, or started from a script that runs the demo on import (guard it with "
                                    f"`if __name__ == '__main__':`); re-run the demo, or use --jobs 1") from exc
             except Exception as exc:
-                raise RuntimeError(f"demo run {key} failed: {exc}") from exc
+                raise DemoRunError(f"demo run {name} failed: {exc}") from exc
             handle(key, result)
 
