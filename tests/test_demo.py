@@ -304,3 +304,12 @@ def test_sigterm_stops_the_demo_and_its_worker_processes(tmp_path: Path) -> None
     for pid in workers:
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_run_demo_refuses_zero_jobs(tmp_path: Path) -> None:
+    """``jobs=0`` is an error, not "the default" (0 is falsy), and nothing is written."""
+    from clipvip.demo import run_demo
+
+    with pytest.raises(ValueError, match="jobs must be >= 1, got 0"):
+        run_demo(tmp_path / "out", quick=True, jobs=0)
+    assert not (tmp_path / "out").exists()

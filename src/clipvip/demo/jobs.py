@@ -66,13 +66,13 @@ def run_job(runner: Any, specs: tuple[RunSpec, ...]) -> list[dict[str, Any]]:
     """Run ``specs`` in order with ``runner`` (:class:`clipvip.demo.run.Runner`) and evaluate each on test.
 
     Returns one plain dict per run (picklable, JSON-able): ``name``, ``last`` (checkpoint folder),
-    ``final_loss``, ``steps``, ``history``, ``test`` (the metrics of :meth:`Runner.evaluate`), ``seconds``
-    and ``cpu_s`` (this process's CPU time for the run).
+    ``final_loss``, ``steps``, ``history``, ``test`` (the metrics of :meth:`Runner.evaluate`) and ``seconds``
+    (the run's wall time).
     """
     out: list[dict[str, Any]] = []
     previous: str | None = None
     for spec in specs:
-        t0, c0 = time.perf_counter(), time.process_time()
+        t0 = time.perf_counter()
         init = previous if spec.init == PREVIOUS else spec.init
         if init is None:
             raise ValueError(f"demo run {spec.name}: starts from the previous run of its job, and there is none")
@@ -84,8 +84,7 @@ def run_job(runner: Any, specs: tuple[RunSpec, ...]) -> list[dict[str, Any]]:
         test = runner.evaluate(model)
         previous = str(Path(res["output_dir"]) / "last")
         out.append({"name": spec.name, "last": previous, "final_loss": res["final_loss"], "steps": res["steps"],
-                    "history": res["history"], "test": test, "seconds": round(time.perf_counter() - t0, 2),
-                    "cpu_s": round(time.process_time() - c0, 2)})
+                    "history": res["history"], "test": test, "seconds": round(time.perf_counter() - t0, 2)})
         del model
     return out
 
@@ -197,26 +196,24 @@ class RunPool:
         stopped at once: their half-written run folders are under the demo's own ``runs/``, which the next
         demo run replaces."""
         pool, self._pool = self._pool, None
+        if pool is not None and cancel:
+            # SIGINT stops a worker's running job (KeyboardInterrupt, as Ctrl-C would) and turns the jobs
+            # already handed to it into no-ops; then the workers exit through the pool's own shutdown,
+            # which releases its queues. A worker that does not stop is terminated.
+            processes = list((getattr(pool, "_processes", None) or {}).values())
+            for proc in processes:
+                if proc.is_alive() and proc.pid is not None:
+                    try:
+                        os.kill(proc.pid, signal.SIGINT)
+                    except ProcessLookupError:
+                        pass
+            pool.shutdown(wait=False, cancel_futures=True)
+            for proc in processes:
+                proc.join(timeout=10)
+                if proc.is_alive():
+                    proc.terminate()
         if pool is not None:
-            if cancel:
-                # SIGINT stops a worker's running job (KeyboardInterrupt, as Ctrl-C would) and turns the
-                # jobs already handed to it into no-ops; then the workers exit through the pool's own
-                # shutdown, which releases its queues. A worker that does not stop is terminated.
-                processes = list((getattr(pool, "_processes", None) or {}).values())
-                for proc in processes:
-                    if proc.is_alive() and proc.pid is not None:
-                        try:
-                            os.kill(proc.pid, signal.SIGINT)
-                        except ProcessLookupError:
-                            pass
-                pool.shutdown(wait=False, cancel_futures=True)
-                for proc in processes:
-                    proc.join(timeout=10)
-                    if proc.is_alive():
-                        proc.terminate()
-                pool.shutdown(wait=True)
-            else:
-                pool.shutdown(wait=True)
+            pool.shutdown(wait=True)
         return _children_cpu() - self._children0
 
     def __enter__(self) -> "RunPool":

@@ -244,12 +244,12 @@ def run_demo(
     echo = echo or (lambda msg: print(msg, flush=True))
     settings = settings or preset(quick)
     out = Path(out_dir).resolve()
+    workers = default_jobs(int(threads or 1)) if jobs is None else int(jobs)
+    if workers < 1:
+        raise ValueError(f"jobs must be >= 1, got {jobs}")
     for name in DEMO_FOLDERS:  # refuse before any work: only folders an earlier demo wrote are replaced
         check_replaceable(out / name, DEMO_OWNER)
     out.mkdir(parents=True, exist_ok=True)
-    workers = int(jobs) if jobs else default_jobs(int(threads or 1))
-    if workers < 1:
-        raise ValueError(f"jobs must be >= 1, got {jobs}")
     old_threads = torch.get_num_threads()
     if threads:
         torch.set_num_threads(int(threads))
@@ -319,8 +319,8 @@ def run_demo(
         stage1: dict[str, Any] = {}
         att_runs: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in settings.attention_modes}
         ocl_rows: dict[str, Any] = {}
-        run_seconds: dict[str, float] = {}
-        done = [0]
+        run_seconds: dict[str, float] = {}  # one entry per finished run
+        stage2_last: dict[tuple[str, int], str] = {}  # (mode, seed) -> the run's last checkpoint
 
         def ocl_row(variant: str, pre: dict[str, Any], fine: dict[str, Any], tag: str) -> None:
             ocl_rows[variant] = {"steps": pre["steps"], "final_loss": pre["final_loss"],
@@ -335,8 +335,7 @@ def run_demo(
         def handle(key: Any, runs: list[dict[str, Any]]) -> None:
             for r in runs:
                 run_seconds[r["name"]] = r["seconds"]
-            done[0] += len(runs)
-            tag = f"   [{done[0]}/{n_runs} runs, {clock.total:5.0f}s]"
+            tag = f"   [{len(run_seconds)}/{n_runs} runs, {clock.total:5.0f}s]"
             kind = key[0]
             if kind == "stage1":
                 stage1.update(runs[0])
@@ -353,8 +352,8 @@ def run_demo(
             elif kind == "stage2":
                 _, mode, run_seed = key
                 r = runs[0]
-                att_runs[mode][run_seed] = {"test": r["test"], "curve": _curve(r["history"]),
-                                            "steps": r["steps"], "last": r["last"]}
+                att_runs[mode][run_seed] = {"test": r["test"], "curve": _curve(r["history"]), "steps": r["steps"]}
+                stage2_last[(mode, run_seed)] = r["last"]
                 echo(f"{tag} stage 2, seed {run_seed} {mode:>5}: {_brief(r['test'])}")
             elif kind == "ocl":
                 ocl_row(key[1], runs[0], runs[1], tag)
@@ -387,7 +386,7 @@ def run_demo(
         first = seeds[0]
         results["attention_ablation"] = {
             mode: {"test": per_seed[first]["test"], "curve": per_seed[first]["curve"],
-                   "seeds": {str(s_): {k: v for k, v in r.items() if k != "last"} for s_, r in per_seed.items()}}
+                   "seeds": {str(s_): r for s_, r in per_seed.items()}}
             for mode, per_seed in att_runs.items()}
         final_test = att_runs["proxy"][first]["test"]
         results["main"] = {
@@ -409,7 +408,7 @@ def run_demo(
         clock.record("training_runs", t)
 
         # ------------------------------------------------------------------ model out
-        final_model = CLIPViP.from_pretrained(Path(att_runs["proxy"][first]["last"]))
+        final_model = CLIPViP.from_pretrained(Path(stage2_last[("proxy", first)]))  # the main model
         final_model.set_attention("proxy")
         final_model.eval()
         model_dir = out / "model"
